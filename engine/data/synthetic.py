@@ -1,0 +1,154 @@
+"""Uni-STG samples from synthetic scenes (spec v1): STVG, VTG and REC, positives and negatives.
+
+Deterministic per seed. Pixels take a camera's path when `compress` is on: render, encode
+H.264 with PyAV, decode, resize to the model's input.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from stream.scenes import COLOURS, DIRECTIONS, RESOLUTIONS_WH, SHAPES, SIZES, Scene, box_at, describe, matches, random_scene, render_frame, unambiguous_caption
+
+TASKS = ("stvg", "vtg", "rec")
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str
+    frames: np.ndarray  # (T, S, S, 3) uint8, model input size
+    timestamps_s: tuple[float, ...]  # relative to the clip start; () for REC
+    caption: str
+    span_s: tuple[float, float] | None  # None: the caption matches nothing (answer `none`)
+    boxes_cxcywh: np.ndarray  # (T, 4) normalised, zeros where the target is absent
+    present: np.ndarray  # (T,) bool: the target is visible in the frame
+    in_span: np.ndarray  # (T,) bool: the frame lies inside the ground-truth span
+
+
+def resize_rgb(frame: np.ndarray, size: int) -> np.ndarray:
+    """Area-resize an RGB uint8 frame to size x size (swscale through PyAV)."""
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return vf.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def h264_roundtrip(frames: list[np.ndarray], fps: int, crf: int) -> list[np.ndarray]:
+    """Encode frames as H.264 (libx264, yuv420p) in memory and decode them back."""
+    h, w = frames[0].shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        st = out.add_stream("libx264", rate=max(1, fps))
+        st.width, st.height, st.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        st.options = {"crf": str(crf), "preset": "ultrafast"}
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: st.height, : st.width]), format="rgb24")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    buf.seek(0)
+    with av.open(buf, "r") as inp:
+        return [fr.to_ndarray(format="rgb24") for fr in inp.decode(video=0)]
+
+
+def negative_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption of the grammar that matches no object of the scene (often a near miss)."""
+    objs = scene.objects
+    for _ in range(100):
+        if objs and rng.random() < 0.6:  # near miss: change one attribute of a present object
+            o = objs[int(rng.integers(len(objs)))]
+            colour, shape, size, direction = o.colour, o.shape, None, o.direction
+            which = int(rng.integers(4))
+            if which == 0:
+                colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            elif which == 1:
+                shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            elif which == 2:
+                size = "small" if o.size == "large" else "large"
+            else:
+                direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+        else:
+            colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            size = None
+            direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))] if rng.random() < 0.6 else None
+        if any(matches(x, colour, shape, size, direction) for x in objs):
+            continue
+        words = ["the"] + ([size] if size else []) + [colour, shape]
+        if direction is not None:
+            words.append("standing still" if direction == "still" else f"moving {direction}")
+        return " ".join(words)
+    raise RuntimeError("could not find a negative caption")
+
+
+def render_clip(scene: Scene, timestamps_s, size: int, compress: bool, rng: np.random.Generator) -> np.ndarray:
+    frames = [render_frame(scene, t, rng) for t in timestamps_s]
+    if compress:
+        fps = max(1, round(len(timestamps_s) / max(scene.duration_s, 1e-3)))
+        frames = h264_roundtrip(frames, fps, int(rng.integers(18, 36)))
+    return np.stack([resize_rgb(f, size) for f in frames])
+
+
+def target_labels(scene: Scene, target, timestamps_s) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.zeros((len(timestamps_s), 4), dtype=np.float32)
+    present = np.zeros(len(timestamps_s), dtype=bool)
+    if target is None:
+        return boxes, present
+    for k, t in enumerate(timestamps_s):
+        b = box_at(target, t, scene.width, scene.height)
+        if b is not None:
+            x1, y1, x2, y2 = b
+            boxes[k] = ((x1 + x2) / 2 / scene.width, (y1 + y2) / 2 / scene.height, (x2 - x1) / scene.width, (y2 - y1) / scene.height)
+            present[k] = True
+    return boxes, present
+
+
+def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative_rate: float = 0.2,
+                max_render_pixels: int = 192 * 144, compress_rate: float = 0.35) -> Sample:
+    """One deterministic sample. Clips of 4-12 s (REC: one image), varied resolution, background, speed."""
+    rng = np.random.default_rng(seed)
+    duration = float(np.round(rng.uniform(4.0, 12.0), 1)) if task != "rec" else 1.0
+    w, h = RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
+    scale = min(1.0, (max_render_pixels / (w * h)) ** 0.5)  # render big frames smaller: they are resized to `size` anyway
+    wh = (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2)
+    for _ in range(50):
+        scene = random_scene(rng, duration, wh)
+        negative = rng.random() < negative_rate
+        if task == "rec":
+            timestamps = (0.0,)
+            objs = tuple(o for o in scene.objects if o.present(0.0))
+            scene = Scene(**{**scene.__dict__, "objects": objs}) if objs else scene
+        else:
+            timestamps = tuple(float(k * duration / frames) for k in range(frames))
+        if negative:
+            caption, target = negative_caption(scene, rng), None
+        else:
+            candidates = [o for o in scene.objects if any(o.present(t) for t in timestamps)]
+            if not candidates:
+                continue
+            target = candidates[int(rng.integers(len(candidates)))]
+            others = tuple(o for o in scene.objects if o is not target)
+            caption = unambiguous_caption(target, others, rng)
+            if caption is None:
+                continue
+            if task == "rec":  # the image shows one moment: motion words do not apply
+                caption = describe(target, "small" in caption.split() or "large" in caption.split(), False)
+                if any(matches(o, target.colour, target.shape, target.size if len(caption.split()) > 3 else None, None) for o in others):
+                    continue
+        break
+    else:
+        raise RuntimeError(f"seed {seed}: no valid sample in 50 scenes")
+    pixels = render_clip(scene, timestamps, size, bool(rng.random() < compress_rate), rng)
+    boxes, present = target_labels(scene, target, timestamps)
+    if target is None:
+        span = None
+        in_span = np.zeros(len(timestamps), dtype=bool)
+    elif task == "rec":
+        span = (0.0, 0.0)
+        in_span = present.copy()
+    else:
+        span = (round(max(0.0, target.t_in), 1), round(min(duration, target.t_out), 1))
+        in_span = np.array([span[0] - 1e-6 <= t <= span[1] + 1e-6 for t in timestamps])
+        present &= in_span
+    return Sample(task, pixels, timestamps, caption, span, boxes, present, in_span)

@@ -1,0 +1,95 @@
+"""Checkpoint I/O: a model directory holds `config.json`, `model.safetensors`, `tokenizer.json`.
+
+Never pickle: weights are safetensors; `.bin`/`.pt`/`.pkl` files are refused.
+The 7B config's base weights come from a local LLaVA-OneVision directory (see `llava_onevision.py`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.model.config import SpaceVLLMConfig, load_config, save_config
+from engine.model.spacevllm import SpaceVLLM, build_spacevllm
+from engine.model.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be loaded; the message says what is wrong."""
+
+
+def save_model(model: SpaceVLLM, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_config(model.config, d / "config.json")
+    model.tokenizer.save(str(d / "tokenizer.json"))
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt", "model": model.config.name})
+    return d
+
+
+def refuse_pickle(directory: Path) -> None:
+    bad = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if bad:
+        raise CheckpointError(f"{directory}: refusing pickle-based weight files {bad}; convert them to safetensors")
+
+
+def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], where: str) -> None:
+    """Raise naming every missing, unexpected or mis-shaped tensor."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+        for k in set(expected) & set(given)
+        if tuple(expected[k].shape) != tuple(given[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+    if shapes:
+        problems.append(f"mis-shaped tensors {shapes[:20]}")
+    if problems:
+        raise CheckpointError(f"{where}: " + "; ".join(problems))
+
+
+def load_model(directory: str | Path) -> SpaceVLLM:
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"model directory {d} does not exist")
+    refuse_pickle(d)
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: missing {name}")
+    cfg_path = d / "config.json" if (d / "config.json").is_file() else d / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{d}: missing config.json")
+    try:
+        config = load_config(cfg_path)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    tok = load_tokenizer(d / "tokenizer.json")
+    model = build_spacevllm(config, tok)
+    state = load_file(str(d / "model.safetensors"))
+    check_state(model.state_dict(), state, str(d / "model.safetensors"))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = ["CheckpointError", "SpaceVLLMConfig", "check_state", "file_sha256", "load_model", "save_model"]

@@ -1,0 +1,120 @@
+"""Model configuration: frozen dataclasses, one per part, nested in `SpaceVLLMConfig`.
+
+Only `build_*` functions read these; modules take explicit arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class PromptOrder(str, Enum):
+    """Where the question sits relative to the video in the LLM sequence."""
+
+    VIDEO_FIRST = "video_first"  # one window prefix serves every question (the default)
+    QUESTION_FIRST = "question_first"  # the paper's order; the window must be recomputed per question
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    kind: str = "conv"  # "conv" (tiny, trained from scratch) or "siglip" (transformers' SiglipVisionModel)
+    image_size: int = 64
+    channels: int = 96  # conv width (conv) / hidden size (siglip)
+    grid: int = 8  # patch grid side before pooling: 64 px / stride 8
+    # SigLIP-only fields (ignored by the conv encoder)
+    patch_size: int = 14
+    num_layers: int = 27
+    num_heads: int = 16
+    intermediate_size: int = 4304
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    hidden_size: int = 160
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 480
+    vocab_size: int = 0  # 0: taken from the tokenizer at build time
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lm: float = 1.0
+    l1: float = 5.0  # DETR's weights for L1 and GIoU
+    giou: float = 2.0
+    presence: float = 1.0  # auxiliary: is the target present in this frame
+    heatmap: float = 1.0  # auxiliary: which visual token holds the target's centre
+    time_sigma_s: float = 0.3  # soft targets over neighbouring time tokens (seconds)
+
+
+@dataclass(frozen=True)
+class SpaceVLLMConfig:
+    name: str = "tiny"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    pooled_grid: int = 4  # 2x2 bilinear pooling: 8x8 -> 4x4 = 16 tokens per frame
+    max_frames: int = 16
+    max_time_s: float = 60.0  # time tokens 0.0 .. max_time_s in 0.1 s steps (word-level tokenizer)
+    prompt_order: PromptOrder = PromptOrder.VIDEO_FIRST
+    max_question_tokens: int = 48
+    base_checkpoint: str | None = None  # 7B: local LLaVA-OneVision directory (transformers format)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.pooled_grid * self.pooled_grid
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["prompt_order"] = self.prompt_order.value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SpaceVLLMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        data = dict(data)
+        sections = {"vision": VisionConfig, "llm": LLMConfig, "decoder": DecoderConfig, "loss": LossConfig}
+        for key, section_cls in sections.items():
+            if key in data:
+                section_known = {f.name for f in dataclasses.fields(section_cls)}
+                bad = set(data[key]) - section_known
+                if bad:
+                    raise ValueError(f"unknown keys in model config section {key!r}: {sorted(bad)}")
+                data[key] = section_cls(**data[key])
+        if "prompt_order" in data:
+            data["prompt_order"] = PromptOrder(data["prompt_order"])
+        return cls(**data)
+
+
+def load_config(path: str | Path) -> SpaceVLLMConfig:
+    """Read a model config from YAML or JSON."""
+    path = Path(path)
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a model config must be a mapping, got {type(data).__name__}")
+    return SpaceVLLMConfig.from_dict(data)
+
+
+def save_config(config: SpaceVLLMConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")

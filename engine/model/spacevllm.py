@@ -1,0 +1,244 @@
+"""SpaceVLLM composed: vision encoder + projector/pooling + STQ interleaving + Qwen2 + space decoder.
+
+Two ways in:
+* `forward(batch)`: teacher-forced training on full sequences (any prompt order).
+* `encode_window(...)` once per window, then `ground(prefix, questions)` for any number of
+  questions: the video prefix (visual tokens, STQ states, key/value cache) is shared.
+  `ground_from_scratch(...)` recomputes everything per question (the reference and the
+  question-first order).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.model.config import PromptOrder, SpaceVLLMConfig
+from engine.model.interleave import question_ids, splice, video_prefix_ids
+from engine.model.llm import build_llm
+from engine.model.projector import Projector, pool_grid
+from engine.model.space_decoder import SpaceDecoder, SpaceDecoderOutput, build_space_decoder
+from engine.model.tokenizer import PromptVocab
+from engine.model.vision import build_vision_encoder
+
+
+@dataclass(frozen=True)
+class SpaceVLLMOutput:
+    logits: torch.Tensor  # (B, L, V)
+    decoder: SpaceDecoderOutput  # boxes for every frame of the clip (teacher-forced)
+
+
+@dataclass(frozen=True)
+class WindowPrefix:
+    """What one window costs once, shared by every question on it."""
+
+    visual_tokens: torch.Tensor  # (F, P, D)
+    stq_states: torch.Tensor  # (F, D)
+    cache: object  # transformers Cache over the prefix, batch 1
+    length: int  # prefix tokens
+    timestamps_s: tuple[float, ...]  # relative to the window start
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """One question's answer on one window."""
+
+    score: float  # 1 - P(none) at the first answer token
+    span_s: tuple[float, float]  # best span (relative seconds), meaningful when the score is high
+    frame_indices: tuple[int, ...]  # sampled frames inside the span
+    boxes_cxcywh: tuple[tuple[float, float, float, float], ...]  # one per frame in frame_indices, normalised
+    all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes for every frame
+    presence: torch.Tensor  # (F,) per-frame presence probability
+
+
+class SpaceVLLM(nn.Module):
+    def __init__(self, config: SpaceVLLMConfig, tokenizer, vision: nn.Module, llm: nn.Module, decoder: SpaceDecoder) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vocab = PromptVocab.from_tokenizer(tokenizer, config.max_time_s)
+        hidden = llm.config.hidden_size
+        self.vision_tower = vision
+        self.projector = Projector(vision.out_channels, hidden)
+        self.language_model = llm
+        self.stq = nn.Parameter(torch.randn(config.max_frames, hidden) * 0.02)  # one query per frame index
+        self.stq_image = nn.Parameter(torch.randn(1, hidden) * 0.02)  # the extra query for single images
+        self.space_decoder = decoder
+
+    # ---- vision -------------------------------------------------------------------------
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> projected, pooled visual tokens (N, P, D)."""
+        patches = self.vision_tower(pixels)  # (N, g*g, C)
+        tokens = self.projector(patches)  # (N, g*g, D)
+        return pool_grid(tokens, self.vision_tower.grid, self.config.pooled_grid)  # (N, P, D)
+
+    def _embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor, frames: int) -> torch.Tensor:
+        """Token embeddings with frames and STQs spliced in. visual_tokens: (B, F, P, D)."""
+        emb = self.language_model.get_input_embeddings()(input_ids)  # (B, L, D)
+        b = visual_tokens.shape[0]
+        emb = splice(emb, input_ids, self.vocab.img, visual_tokens.reshape(-1, emb.shape[-1]), "frame tokens")
+        if (input_ids == self.vocab.st_img).any():
+            emb = splice(emb, input_ids, self.vocab.st_img, self.stq_image.expand(b, -1), "image query")
+        else:
+            if frames > self.config.max_frames:
+                raise ValueError(f"{frames} frames exceed the model's max_frames={self.config.max_frames}")
+            queries = self.stq[:frames].expand(b, -1, -1).reshape(b * frames, -1)  # (B*F, D)
+            emb = splice(emb, input_ids, self.vocab.st, queries, "spatio-temporal queries")
+        return emb
+
+    def _stq_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return (input_ids == self.vocab.st) | (input_ids == self.vocab.st_img)
+
+    # ---- training -----------------------------------------------------------------------
+    def forward(
+        self,
+        pixels: torch.Tensor,  # (B, F, 3, H, W)
+        input_ids: torch.Tensor,  # (B, L)
+        attention_mask: torch.Tensor,  # (B, L)
+        question_index: torch.Tensor,  # (B, Lq) positions of question tokens (padded with 0)
+        question_mask: torch.Tensor,  # (B, Lq)
+    ) -> SpaceVLLMOutput:
+        b, f = pixels.shape[:2]
+        vis = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.tokens_per_frame, -1)  # (B, F, P, D)
+        emb = self._embed(input_ids, vis, f)
+        out = self.language_model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True)
+        last = out.hidden_states[-1]  # (B, L, D)
+        stq_states = last[self._stq_positions(input_ids)].reshape(b, f, -1)  # (B, F, D)
+        q_states = torch.gather(last, 1, question_index[..., None].expand(-1, -1, last.shape[-1]))  # (B, Lq, D)
+        dec = self.space_decoder(stq_states, vis, q_states, question_mask)
+        return SpaceVLLMOutput(logits=out.logits, decoder=dec)
+
+    # ---- inference ----------------------------------------------------------------------
+    def prefix_ids(self, timestamps_s: list[float]) -> list[int]:
+        return video_prefix_ids(self.vocab, self.tokenizer, list(timestamps_s), self.config.tokens_per_frame)
+
+    def question_ids(self, question: str, task: str = "stvg") -> list[int]:
+        ids = question_ids(self.vocab, self.tokenizer, task, question)
+        return ids[: self.config.max_question_tokens - 1] + [ids[-1]] if len(ids) > self.config.max_question_tokens else ids
+
+    @torch.no_grad()
+    def encode_window(self, pixels: torch.Tensor, timestamps_s: list[float], visual_tokens: torch.Tensor | None = None) -> WindowPrefix:
+        """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, P, D) may come from a frame cache."""
+        if visual_tokens is None:
+            visual_tokens = self.encode_frames(pixels)
+        f = visual_tokens.shape[0]
+        ids = torch.tensor([self.prefix_ids(timestamps_s)])
+        emb = self._embed(ids, visual_tokens[None], f)
+        out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
+        stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
+        return WindowPrefix(visual_tokens, stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
+
+    @torch.no_grad()
+    def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg") -> list[Grounding]:
+        """Ground every question against one shared window prefix (video-first order)."""
+        if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
+            raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
+        if not questions:
+            return []
+        n = len(questions)
+        q = [self.question_ids(text, task) for text in questions]
+        lq = max(len(x) for x in q)
+        ids = torch.full((n, lq), self.vocab.pad)
+        qmask = torch.zeros(n, lq, dtype=torch.long)
+        for i, x in enumerate(q):
+            ids[i, : len(x)] = torch.tensor(x)
+            qmask[i, : len(x)] = 1
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(n)
+        attn = torch.cat([torch.ones(n, prefix.length, dtype=torch.long), qmask], dim=1)
+        pos = (prefix.length + torch.arange(lq))[None].expand(n, -1)
+        emb = self.language_model.get_input_embeddings()(ids)
+        out = self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
+                                  past_key_values=cache, use_cache=True, output_hidden_states=True)
+        lengths = qmask.sum(1)  # (N,)
+        first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
+        q_states = out.hidden_states[-1]  # (N, Lq, D)
+        vis = prefix.visual_tokens[None].expand(n, -1, -1, -1)
+        stq = prefix.stq_states[None].expand(n, -1, -1)
+        dec = self.space_decoder(stq, vis, q_states, qmask)
+        return self._finish(first, out.past_key_values, attn, prefix.length + lengths, dec, prefix.timestamps_s)
+
+    @torch.no_grad()
+    def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
+                            visual_tokens: torch.Tensor | None = None) -> Grounding:
+        """Recompute the whole sequence for one question (either prompt order)."""
+        if visual_tokens is None:
+            visual_tokens = self.encode_frames(pixels)
+        f = visual_tokens.shape[0]
+        video = self.prefix_ids(list(timestamps_s))
+        qids = self.question_ids(question, task)
+        if self.config.prompt_order is PromptOrder.VIDEO_FIRST:
+            seq, q_start = video + qids, len(video)
+        else:  # question first: <q> words ... then the video, then <a>
+            seq, q_start = qids[:-1] + video + qids[-1:], 0
+        ids = torch.tensor([seq])
+        emb = self._embed(ids, visual_tokens[None], f)
+        out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
+        last = out.hidden_states[-1]
+        stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
+        if self.config.prompt_order is PromptOrder.VIDEO_FIRST:
+            q_states = last[:, q_start : q_start + len(qids)]
+        else:
+            q_states = torch.cat([last[:, : len(qids) - 1], last[:, -1:]], dim=1)
+        qmask = torch.ones(1, q_states.shape[1], dtype=torch.long)
+        dec = self.space_decoder(stq_states, visual_tokens[None], q_states, qmask)
+        attn = torch.ones(1, len(seq), dtype=torch.long)
+        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), dec, tuple(timestamps_s))[0]
+
+    def _finish(self, first_logits, cache, attn, next_pos, dec: SpaceDecoderOutput, timestamps_s) -> list[Grounding]:
+        """Constrained decoding of `none | from <s> to <e>`: two more model steps, then boxes in the span."""
+        v = self.vocab
+        n = first_logits.shape[0]
+        score = 1.0 - first_logits.softmax(-1)[:, v.none]  # (N,)
+        time_ids = torch.tensor(v.time_ids)
+        limit = self._max_time_index(timestamps_s)
+        # step 1: feed "from", read the start time
+        ids = torch.full((n, 1), v.from_)
+        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
+        out = self._step(ids, attn, next_pos[:, None], cache)
+        start = out.logits[:, -1][:, time_ids][:, : limit + 1].argmax(-1)  # (N,) index in 0.1 s
+        # step 2: feed "<start> to", read the end time (end >= start)
+        ids = torch.stack([time_ids[start], torch.full((n,), v.to)], dim=1)
+        attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype)], dim=1)
+        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2)[None], out.past_key_values)
+        end_logits = out.logits[:, -1][:, time_ids][:, : limit + 1]
+        allowed = torch.arange(limit + 1)[None] >= start[:, None]
+        end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+        presence = dec.presence_logits.sigmoid()
+        results = []
+        for i in range(n):
+            s, e = start[i].item() / 10, end[i].item() / 10
+            idx = frames_in_span(timestamps_s, s, e)
+            boxes = tuple(tuple(float(x) for x in dec.boxes_cxcywh[i, k]) for k in idx)
+            results.append(Grounding(float(score[i]), (s, e), idx, boxes, dec.boxes_cxcywh[i], presence[i]))
+        return results
+
+    def _step(self, ids, attn, pos, cache):
+        emb = self.language_model.get_input_embeddings()(ids)
+        return self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+
+    def _max_time_index(self, timestamps_s) -> int:
+        if len(timestamps_s) < 2:
+            return 0
+        step = (timestamps_s[-1] - timestamps_s[0]) / (len(timestamps_s) - 1)
+        return min(len(self.vocab.time_ids) - 1, int(math.ceil((timestamps_s[-1] + step) * 10 - 1e-6)))
+
+
+def frames_in_span(timestamps_s, start_s: float, end_s: float) -> tuple[int, ...]:
+    """Indices of sampled frames within [start, end] (0.05 s tolerance); the nearest frame if none."""
+    idx = tuple(k for k, t in enumerate(timestamps_s) if start_s - 0.05 <= t <= end_s + 0.05)
+    if idx or not timestamps_s:
+        return idx
+    mid = (start_s + end_s) / 2
+    return (min(range(len(timestamps_s)), key=lambda k: abs(timestamps_s[k] - mid)),)
+
+
+def build_spacevllm(config: SpaceVLLMConfig, tokenizer) -> SpaceVLLM:
+    vocab_size = config.llm.vocab_size or tokenizer.get_vocab_size()
+    vision = build_vision_encoder(config.vision)
+    llm = build_llm(config.llm, vocab_size)
+    decoder = build_space_decoder(config.llm.hidden_size, config.decoder, config.pooled_grid)
+    return SpaceVLLM(config, tokenizer, vision, llm, decoder)

@@ -1,0 +1,92 @@
+"""Vision encoders: a frame batch (N, 3, H, W) in [0, 1] -> patch features (N, grid*grid, C)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.model.config import VisionConfig
+
+# SigLIP normalises pixels to [-1, 1] (mean 0.5, std 0.5); the conv encoder uses the same.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.norm = nn.GroupNorm(8, c_out)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a = ConvBlock(c, c, 1)
+        self.b = nn.Conv2d(c, c, 3, padding=1)
+        self.norm = nn.GroupNorm(8, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x + self.norm(self.b(self.a(x))))
+
+
+class ConvEncoder(nn.Module):
+    """Tiny encoder trained from scratch: three stride-2 stages, then a learned 2-D position embedding.
+
+    The position embedding is added per patch so that location survives pooling, the LLM and
+    the space decoder (a conv net alone is translation-equivariant).
+    """
+
+    def __init__(self, image_size: int, channels: int, grid: int) -> None:
+        super().__init__()
+        assert image_size % grid == 0, "image_size must be a multiple of grid"
+        stages, c, size = [], 3, image_size
+        widths = [channels // 3, (2 * channels) // 3, channels]
+        while size > grid:
+            w = widths[min(len(stages), len(widths) - 1)]
+            stages.append(ConvBlock(c, w, 2))
+            c, size = w, size // 2
+        assert size == grid and c == channels, "image_size / grid must be a power of two >= 8"
+        self.stages = nn.Sequential(*stages, ResBlock(channels), ResBlock(channels))
+        self.pos = nn.Parameter(torch.randn(1, grid * grid, channels) * 0.02)
+        self.grid = grid
+        self.out_channels = channels
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - PIXEL_MEAN) / PIXEL_STD
+        x = self.stages(x)  # (N, C, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (N, g*g, C)
+        return x + self.pos
+
+
+class SiglipEncoder(nn.Module):
+    """transformers' SiglipVisionModel; its last hidden state is the patch grid (27x27 at 384/14)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.grid = cfg.image_size // cfg.patch_size
+        self.out_channels = cfg.hidden_size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels - PIXEL_MEAN) / PIXEL_STD
+        return self.model(pixel_values=x).last_hidden_state  # (N, g*g, C)
+
+
+def build_vision_encoder(cfg: VisionConfig) -> nn.Module:
+    if cfg.kind == "conv":
+        return ConvEncoder(cfg.image_size, cfg.channels, cfg.grid)
+    if cfg.kind == "siglip":
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+
+        vcfg = SiglipVisionConfig(
+            hidden_size=cfg.channels, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size, vision_use_head=False,
+        )
+        return SiglipEncoder(SiglipVisionModel(vcfg))
+    raise ValueError(f"unknown vision encoder kind {cfg.kind!r} (expected 'conv' or 'siglip')")
