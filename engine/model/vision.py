@@ -43,13 +43,13 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_size: int, channels: int, grid: int) -> None:
         super().__init__()
         assert image_size % grid == 0, "image_size must be a multiple of grid"
-        stages, c, size = [], 3, image_size
-        widths = [channels // 3, (2 * channels) // 3, channels]
-        while size > grid:
-            w = widths[min(len(stages), len(widths) - 1)]
+        n_stages = (image_size // grid).bit_length() - 1
+        assert grid << n_stages == image_size, "image_size / grid must be a power of two"
+        widths = [max(8, channels * (i + 1) // n_stages // 8 * 8) for i in range(n_stages - 1)] + [channels]
+        stages, c = [], 3
+        for w in widths:
             stages.append(ConvBlock(c, w, 2))
-            c, size = w, size // 2
-        assert size == grid and c == channels, "image_size / grid must be a power of two >= 8"
+            c = w
         self.stages = nn.Sequential(*stages, ResBlock(channels), ResBlock(channels))
         self.pos = nn.Parameter(torch.randn(1, grid * grid, channels) * 0.02)
         self.grid = grid
@@ -63,18 +63,22 @@ class ConvEncoder(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    """transformers' SiglipVisionModel; its last hidden state is the patch grid (27x27 at 384/14)."""
+    """transformers' SiglipVisionModel. Like LLaVA-OneVision (vision_feature_layer=-1, strategy
+    "full"), the features are the encoder's last hidden states before the post-layernorm:
+    the patch grid, 27x27 at 384/14."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, feature_layer: int = -1) -> None:
         super().__init__()
         self.model = model
+        self.feature_layer = feature_layer
         cfg = model.config
         self.grid = cfg.image_size // cfg.patch_size
         self.out_channels = cfg.hidden_size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - PIXEL_MEAN) / PIXEL_STD
-        return self.model(pixel_values=x).last_hidden_state  # (N, g*g, C)
+        out = self.model(pixel_values=x, output_hidden_states=True)
+        return out.hidden_states[self.feature_layer]  # (N, g*g, C)
 
 
 def build_vision_encoder(cfg: VisionConfig) -> nn.Module:

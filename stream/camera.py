@@ -1,0 +1,202 @@
+"""One camera: connect, decode, timestamp on the capture clock, sample, store, window; reconnect forever.
+
+Latest-frame semantics: a frame that is more than `max_lag_s` behind real time when it
+reaches us is dropped and counted, so latency never grows.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from stream.config import CameraSettings, WindowSettings
+from stream.health import CameraHealth, CameraState
+from stream.imagecodec import encode_image, resize
+from stream.keys import Keys
+from stream.sources import SourceEnded, SourceError, open_source
+from stream.store import WindowStore
+from stream.types import Window
+from stream.windowing import FrameSampler, WindowBuilder
+
+log = logging.getLogger(__name__)
+
+PTS_JUMP_S = 5.0  # a PTS step larger than this (or backwards) re-anchors the capture clock
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter in [50%, 100%] of the capped delay."""
+    capped = min(max_s, initial_s * (2 ** min(attempt, 30)))
+    return capped * (0.5 + 0.5 * rng.random())
+
+
+class CaptureClock:
+    """Capture time = wall time at the anchor frame + PTS delta; re-anchors on jumps and wrap-around."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
+        self.anchor_wall: float | None = None
+        self.anchor_pts = 0.0
+        self.last_pts: float | None = None
+        self.last_ts: float | None = None
+        self.reanchors = 0
+
+    def stamp(self, pts_s: float, period_s: float, epoch: float | None = None) -> float:
+        jumped = self.last_pts is not None and (pts_s < self.last_pts or pts_s - self.last_pts > PTS_JUMP_S)
+        if self.anchor_wall is None or jumped:
+            if jumped:
+                self.reanchors += 1
+                log.info("PTS discontinuity (%.3f -> %.3f): capture clock re-anchored", self.last_pts, pts_s)
+            base = epoch if (epoch is not None and self.anchor_wall is None) else self.now()
+            if self.last_ts is not None:
+                base = max(base, self.last_ts + period_s)
+            self.anchor_wall, self.anchor_pts = base, pts_s
+        self.last_pts = pts_s
+        self.last_ts = self.anchor_wall + (pts_s - self.anchor_pts)
+        return self.last_ts
+
+
+class CameraWorker(threading.Thread):
+    def __init__(self, settings: CameraSettings, windows: WindowSettings, client: redis.Redis, keys: Keys,
+                 stop: threading.Event, health_ttl_s: float = 300.0, now: Callable[[], float] = time.time) -> None:
+        super().__init__(name=f"camera-{settings.id}", daemon=True)
+        if client is None:
+            raise TypeError("CameraWorker needs a Redis client")
+        self.settings = settings
+        self.windows = windows
+        self.client = client
+        self.keys = keys
+        self.store = WindowStore(client, keys, windows.frame_ttl_seconds, windows.windows_maxlen)
+        self.stop_event = stop
+        self.health_ttl_s = health_ttl_s
+        self.now = now
+        self.health = CameraHealth(settings.id)
+        self._rng = random.Random(hash(settings.id))
+        self._last_health_write = 0.0
+        self._fps_count, self._fps_since = 0, time.monotonic()
+        self.frame_wh: tuple[int, int] | None = None
+
+    # ---- health ------------------------------------------------------------------------
+    def _set(self, state: CameraState, **changes) -> None:
+        if state is not self.health.state:
+            log.info("camera %s: %s -> %s%s", self.settings.id, self.health.state.value, state.value,
+                     f" ({changes['last_error']})" if changes.get("last_error") else "")
+        self.health = self.health.moved(state, **changes)
+        self._write_health(force=True)
+
+    def _write_health(self, force: bool = False) -> None:
+        mono = time.monotonic()
+        if not force and mono - self._last_health_write < 1.0:
+            return
+        elapsed = mono - self._fps_since
+        if elapsed >= 1.0:
+            self.health = self.health.moved(self.health.state, fps=self._fps_count / elapsed)
+            self._fps_count, self._fps_since = 0, mono
+        self.health = self.health.moved(self.health.state, updated_at=self.now())
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(self.keys.cameras(), self.settings.id)
+            pipe.hset(self.keys.health(self.settings.id), mapping=self.health.to_dict())
+            pipe.expire(self.keys.health(self.settings.id), int(self.health_ttl_s))
+            pipe.execute()
+            self._last_health_write = mono
+        except redis.RedisError as exc:
+            log.warning("camera %s: cannot write health to Redis: %s", self.settings.id, exc)
+
+    # ---- main loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        s = self.settings
+        attempt = 0
+        try:
+            while not self.stop_event.is_set():
+                if self.health.state is CameraState.RECONNECTING:
+                    self._set(CameraState.CONNECTING)
+                source = None
+                try:
+                    source = open_source(s.url, s.transport, s.open_timeout_s, s.read_timeout_s, s.loop, s.realtime)
+                    self._consume(source)
+                except SourceEnded:
+                    log.info("camera %s: source ended", s.id)
+                    self._set(CameraState.STOPPED)
+                    return
+                except SourceError as exc:
+                    if not exc.retryable:
+                        self._set(CameraState.FAILED, last_error=str(exc))
+                        return
+                    self._reconnect_after(str(exc), attempt)
+                    attempt = 0 if self.health.frames_decoded and self._ran_ok else attempt + 1
+                except Exception as exc:  # an unexpected decoder error must not kill the camera thread
+                    log.exception("camera %s: unexpected error", s.id)
+                    self._reconnect_after(f"{type(exc).__name__}: {exc}", attempt)
+                    attempt += 1
+                finally:
+                    if source is not None:
+                        source.close()
+                if s.max_retries is not None and attempt > s.max_retries:
+                    self._set(CameraState.FAILED, last_error=f"gave up after {s.max_retries} retries: {self.health.last_error}")
+                    return
+        finally:
+            if self.health.state is not CameraState.STOPPED:
+                self._set(CameraState.STOPPED) if self.health.state is not CameraState.FAILED else self._write_health(force=True)
+
+    _ran_ok = False
+
+    def _reconnect_after(self, error: str, attempt: int) -> None:
+        if self.stop_event.is_set():
+            return
+        self._set(CameraState.RECONNECTING, last_error=error, reconnects=self.health.reconnects + 1)
+        delay = backoff_delay(attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng)
+        log.info("camera %s: reconnecting in %.1f s (%s)", self.settings.id, delay, error)
+        self.stop_event.wait(delay)
+
+    def _consume(self, source) -> None:
+        w = self.windows
+        sampler, builder = FrameSampler(w.sample_fps), WindowBuilder(w.window_seconds, w.stride_seconds, w.sample_fps)
+        clock = CaptureClock(self.now)
+        epoch = getattr(source, "epoch", None)
+        check_lag = epoch is None and source.live
+        self._ran_ok = False
+        for raw in source.frames():
+            if self.stop_event.is_set():
+                return
+            if self.health.state is not CameraState.RUNNING:
+                self._set(CameraState.RUNNING)
+            self._ran_ok = True
+            self._fps_count += 1
+            reanchors = clock.reanchors
+            ts = clock.stamp(raw.pts_s, raw.period_s, epoch)
+            if clock.reanchors != reanchors:
+                sampler.reset()
+                builder.reset()
+            self.health = self.health.moved(CameraState.RUNNING, frames_decoded=self.health.frames_decoded + 1, last_frame_ts=ts)
+            lag = self.now() - ts
+            if check_lag and lag > self.settings.max_lag_s:
+                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1)
+                self._write_health()
+                continue
+            ts_ms = int(round(ts * 1000))
+            if sampler.keep(ts_ms, raw.period_s * 1000):
+                self._store(raw.image, ts_ms, builder)
+            self._write_health()
+
+    def _store(self, image, ts_ms: int, builder: WindowBuilder) -> None:
+        h, w = image.shape[:2]
+        self.frame_wh = (w, h)
+        data = encode_image(resize(image, self.windows.input_size), self.windows.image_format)
+        specs = builder.add(ts_ms)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            self.store.put_frame(self.settings.id, ts_ms, data, pipeline=pipe)
+            for spec in specs:
+                self.store.add_window(Window(self.settings.id, spec.start_ms, spec.end_ms, spec.frames_ms, (w, h),
+                                             self.windows.input_size), pipeline=pipe)
+            pipe.execute()
+            self.health = self.health.moved(self.health.state, frames_stored=self.health.frames_stored + 1,
+                                            windows=self.health.windows + len(specs))
+        except redis.RedisError as exc:
+            self.health = self.health.moved(self.health.state, frames_dropped=self.health.frames_dropped + 1,
+                                            last_error=f"redis unavailable: {exc}")
+            log.warning("camera %s: frame %d not stored (%s)", self.settings.id, ts_ms, exc)

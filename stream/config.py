@@ -1,0 +1,53 @@
+"""Ingest settings (pydantic, `extra="forbid"`: a typo fails at load with the key's path)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stream.keys import check_id
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSettings(Strict):
+    url: str | None = None  # None: start the embedded Redis; the REDIS_URL environment variable overrides
+    data_dir: str | None = None  # embedded server's data directory (AOF); default: a temp directory
+    prefix: str = "svl:"
+
+
+class WindowSettings(Strict):
+    sample_fps: float = Field(2.0, gt=0, le=30)
+    window_seconds: float = Field(8.0, gt=0, le=120)
+    stride_seconds: float = Field(2.0, gt=0, le=120)
+    input_size: int = Field(64, ge=16, le=1024)  # the model's frame side
+    image_format: Literal["png", "jpeg"] = "png"
+    frame_ttl_seconds: float = Field(60.0, gt=0)  # must exceed the window span
+    windows_maxlen: int = Field(10_000, ge=10)  # XADD MAXLEN ~
+
+
+class CameraSettings(Strict):
+    id: str
+    url: str
+    transport: Literal["tcp", "udp"] = "tcp"  # RTSP
+    loop: bool = False  # file:// only: play again at the end
+    realtime: bool = True  # file:// only: pace frames at their timestamps
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    max_retries: int | None = None  # None: reconnect forever
+    max_lag_s: float = Field(1.0, gt=0)  # frames later than this behind real time are dropped
+    windows: WindowSettings | None = None  # per-camera override
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v, "camera id")
+
+
+class IngestSettings(Strict):
+    heartbeat_s: float = Field(2.0, gt=0)
+    health_ttl_s: float = Field(300.0, gt=0)  # a stopped camera's health expires after this

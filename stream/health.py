@@ -1,0 +1,57 @@
+"""Camera health: a small state machine, written to Redis as a hash."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class CameraState(str, Enum):
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+ALLOWED = {
+    CameraState.CONNECTING: {CameraState.RUNNING, CameraState.RECONNECTING, CameraState.FAILED, CameraState.STOPPED},
+    CameraState.RUNNING: {CameraState.RECONNECTING, CameraState.FAILED, CameraState.STOPPED},
+    CameraState.RECONNECTING: {CameraState.CONNECTING, CameraState.FAILED, CameraState.STOPPED},
+    CameraState.FAILED: {CameraState.STOPPED},
+    CameraState.STOPPED: set(),
+}
+
+
+@dataclass(frozen=True)
+class CameraHealth:
+    camera_id: str
+    state: CameraState = CameraState.CONNECTING
+    fps: float = 0.0
+    last_frame_ts: float = 0.0
+    frames_decoded: int = 0
+    frames_dropped: int = 0
+    frames_stored: int = 0
+    windows: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    updated_at: float = 0.0
+
+    def moved(self, state: CameraState, **changes) -> "CameraHealth":
+        if state is not self.state and state not in ALLOWED[self.state]:
+            raise ValueError(f"camera {self.camera_id}: illegal transition {self.state.value} -> {state.value}")
+        return replace(self, state=state, **changes)
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "state": self.state.value, "fps": f"{self.fps:.2f}", "last_frame_ts": f"{self.last_frame_ts:.3f}",
+            "frames_decoded": str(self.frames_decoded), "frames_dropped": str(self.frames_dropped),
+            "frames_stored": str(self.frames_stored), "windows": str(self.windows), "reconnects": str(self.reconnects),
+            "last_error": self.last_error, "updated_at": f"{self.updated_at:.3f}",
+        }
+
+    @classmethod
+    def from_dict(cls, camera_id: str, d: dict) -> "CameraHealth":
+        d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
+        return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
+                   int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
+                   d.get("last_error", ""), float(d["updated_at"]))

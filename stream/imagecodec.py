@@ -1,0 +1,42 @@
+"""Frames as encoded image bytes (PNG or JPEG) through PyAV: never pickled arrays."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Area-resize an RGB uint8 image to size x size (the model input)."""
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return vf.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
+    h, w = image.shape[:2]
+    if fmt == "png":
+        ctx = av.CodecContext.create("png", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = w, h, "rgb24"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    elif fmt == "jpeg":
+        ctx = av.CodecContext.create("mjpeg", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuvj420p"
+        ctx.time_base = Fraction(1, 25)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(format="yuvj420p")
+    else:
+        raise ValueError(f"unknown image format {fmt!r} (png or jpeg)")
+    packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    return b"".join(bytes(p) for p in packets)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG or JPEG bytes -> RGB uint8 (H, W, 3). Raises ValueError on anything else."""
+    codec = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "mjpeg" if data[:2] == b"\xff\xd8" else None
+    if codec is None:
+        raise ValueError("frame bytes are neither PNG nor JPEG")
+    ctx = av.CodecContext.create(codec, "r")
+    frames = ctx.decode(av.Packet(data))
+    if not frames:
+        raise ValueError("frame bytes did not decode")
+    return frames[0].to_ndarray(format="rgb24")

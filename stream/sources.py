@@ -1,0 +1,217 @@
+"""Video sources through PyAV, plus `synthetic://` (a live camera rendering spec-v1 scenes).
+
+A source yields `RawFrame`s: the decoded RGB image and its presentation time in seconds.
+Errors are `SourceError`s with a readable message and whether retrying can help.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import av
+import numpy as np
+
+from stream.scenes import Scene, SceneObject, random_scene, render_frame
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(Exception):
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SourceEnded(Exception):
+    """A finite source (a file without `loop`) reached its end."""
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    pts_s: float  # presentation time, seconds (may jump or wrap: the camera re-anchors)
+    period_s: float  # nominal frame period
+
+
+class PyAVSource:
+    """rtsp(s)://, http(s):// (HLS, MJPEG), file:// and /dev/videoN through PyAV."""
+
+    def __init__(self, url: str, transport: str = "tcp", open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
+                 loop: bool = False, realtime: bool = True) -> None:
+        self.url = url
+        self.loop = loop
+        self.kind = _kind(url)
+        self.realtime = realtime and self.kind == "file"
+        options, fmt = {}, None
+        target = url
+        if self.kind == "rtsp":
+            options = {"rtsp_transport": transport}
+        elif self.kind == "file":
+            target = urlparse(url).path if url.startswith("file://") else url
+            if not Path(target).is_file():
+                raise SourceError(f"file not found: {target}", retryable=False)
+        elif self.kind == "v4l2":
+            fmt = "v4l2"
+        self._target, self._options, self._format = target, options, fmt
+        self.live = self.kind in ("rtsp", "http", "v4l2") or self.realtime  # frames should arrive in real time
+        self._timeouts = (open_timeout_s, read_timeout_s)
+        self.container = self._open()
+
+    def _open(self):
+        try:
+            container = av.open(self._target, format=self._format, options=self._options, timeout=self._timeouts)
+        except av.error.InvalidDataError as exc:
+            raise SourceError(f"not a playable video ({exc})", retryable=self.kind != "file") from exc
+        except FileNotFoundError as exc:
+            raise SourceError(f"not found: {self._target}", retryable=self.kind not in ("file", "v4l2")) from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open {self.url}: {exc}") from exc
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{self.url} has no video stream", retryable=self.kind != "file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return container
+
+    def frames(self) -> Iterator[RawFrame]:
+        offset = 0.0
+        while True:
+            stream = self.container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            period = 1.0 / rate if rate > 0 else 0.04
+            last = None
+            started = time.monotonic()
+            try:
+                for frame in self.container.decode(stream):
+                    pts = float(frame.time) if frame.time is not None else (last + period if last is not None else 0.0)
+                    last = pts
+                    if self.realtime:
+                        delay = (pts - (frame_first := getattr(self, "_first_pts", None) or pts)) - (time.monotonic() - started)
+                        self._first_pts = frame_first
+                        if delay > 0:
+                            time.sleep(delay)
+                    yield RawFrame(frame.to_ndarray(format="rgb24"), pts + offset, period)
+            except av.error.InvalidDataError as exc:
+                raise SourceError(f"corrupt stream: {exc}") from exc
+            except (av.error.FFmpegError, OSError) as exc:
+                raise SourceError(f"read failed: {exc}") from exc
+            if self.kind != "file":
+                raise SourceError("the stream ended (server closed it)")
+            if not self.loop:
+                raise SourceEnded(self.url)
+            offset += (last or 0.0) + period
+            self._first_pts = None
+            self.container.close()
+            self.container = self._open()
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # closing a broken container must not mask the original error
+            log.debug("error closing %s", self.url, exc_info=True)
+
+
+# the demo camera's script: (episode seconds, objects) cycled forever; queries in configs/ describe them
+DEMO_EPISODE_S = 10.0
+
+
+def demo_scene(episode: int, width: int, height: int) -> Scene:
+    s = min(width, height)
+    scripts = [
+        [("circle", "red", "large", "right", (0.2, 0.5), 0.1, 1.0, 8.0), ("square", "blue", "small", "still", (0.75, 0.3), 0.0, 0.0, 10.0)],
+        [("triangle", "yellow", "large", "down", (0.5, 0.25), 0.08, 2.0, 9.0), ("circle", "white", "small", "left", (0.8, 0.7), 0.1, 0.0, 6.0)],
+        [("square", "blue", "large", "up", (0.3, 0.75), 0.08, 0.5, 7.5), ("circle", "red", "small", "still", (0.7, 0.5), 0.0, 3.0, 10.0)],
+    ]
+    objs = []
+    for shape, colour, size, direction, (fx, fy), speed, t_in, t_out in scripts[episode % len(scripts)]:
+        side = (0.26 if size == "large" else 0.13) * s
+        objs.append(SceneObject(shape, colour, size, direction, side, (fx * width, fy * height), speed * s, t_in, t_out))
+    return Scene(width, height, DEMO_EPISODE_S, tuple(objs), "gradient", 1234 + episode, (40, 60, 80), (90, 80, 60), 3.0)
+
+
+class SyntheticSource:
+    """`synthetic://demo` (scripted episodes) or `synthetic://random?seed=N`: a live camera of spec-v1 scenes.
+
+    Query parameters: fps (10), w (320), h (240), episode (10 s, random only), realtime (1),
+    epoch (capture clock start; default: wall clock at open), seed.
+    """
+
+    def __init__(self, url: str, realtime: bool = True) -> None:
+        u = urlparse(url)
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        self.mode = u.netloc or "demo"
+        if self.mode not in ("demo", "random"):
+            raise SourceError(f"unknown synthetic camera {self.mode!r} (demo or random)", retryable=False)
+        try:
+            self.fps = float(q.get("fps", 10))
+            self.width, self.height = int(q.get("w", 320)) // 2 * 2, int(q.get("h", 240)) // 2 * 2
+            self.episode_s = float(q.get("episode", DEMO_EPISODE_S))
+            self.seed = int(q.get("seed", 0))
+            self.realtime = realtime and q.get("realtime", "1") != "0"
+            self.epoch = float(q["epoch"]) if "epoch" in q else None
+            self.max_seconds = float(q["seconds"]) if "seconds" in q else None
+        except ValueError as exc:
+            raise SourceError(f"bad synthetic camera parameters in {url!r}: {exc}", retryable=False) from exc
+        self.url = url
+        self.live = self.realtime and self.epoch is None
+        self._scenes: dict[int, Scene] = {}
+
+    def scene(self, episode: int) -> Scene:
+        if episode not in self._scenes:
+            if self.mode == "demo":
+                self._scenes = {episode: demo_scene(episode, self.width, self.height)}
+            else:
+                rng = np.random.default_rng([self.seed, episode])
+                self._scenes = {episode: random_scene(rng, self.episode_s, (self.width, self.height))}
+        return self._scenes[episode]
+
+    def frames(self) -> Iterator[RawFrame]:
+        period = 1.0 / self.fps
+        start = time.monotonic()
+        k = 0
+        while self.max_seconds is None or k * period < self.max_seconds:
+            t = k * period
+            if self.realtime:
+                delay = t - (time.monotonic() - start)
+                if delay > 0:
+                    time.sleep(delay)
+            episode = int(t // self.episode_s)
+            img = render_frame(self.scene(episode), t - episode * self.episode_s, np.random.default_rng(k))
+            yield RawFrame(img, t, period)
+            k += 1
+        raise SourceEnded(self.url)
+
+    def truth(self, t: float) -> tuple[Scene, float]:
+        """The scene and scene-time shown at stream time t (for tests and evaluation)."""
+        episode = int(t // self.episode_s)
+        return self.scene(episode), t - episode * self.episode_s
+
+    def close(self) -> None:
+        pass
+
+
+def _kind(url: str) -> str:
+    scheme = urlparse(url).scheme.lower()
+    if scheme in ("rtsp", "rtsps"):
+        return "rtsp"
+    if scheme in ("http", "https"):
+        return "http"
+    if scheme == "file" or (scheme == "" and not url.startswith("/dev/video")):
+        return "file"
+    if url.startswith("/dev/video") or scheme == "v4l2":
+        return "v4l2"
+    if scheme == "synthetic":
+        return "synthetic"
+    raise SourceError(f"unsupported camera URL scheme {scheme!r} in {url!r} (rtsp, rtsps, http, https, file, /dev/videoN, synthetic)",
+                      retryable=False)
+
+
+def open_source(url: str, transport: str = "tcp", open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
+                loop: bool = False, realtime: bool = True):
+    if _kind(url) == "synthetic":
+        return SyntheticSource(url, realtime=realtime)
+    return PyAVSource(url, transport, open_timeout_s, read_timeout_s, loop, realtime)

@@ -1,0 +1,77 @@
+"""Our LLaVA-OneVision loader against transformers' own model, on a tiny one saved to a temp dir."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+from engine.model.checkpoint import CheckpointError
+from engine.model.config import DecoderConfig, SpaceVLLMConfig, VisionConfig
+from engine.model.llava_onevision import load_from_llava_onevision
+
+
+@pytest.fixture
+def llava_dir(tmp_path):
+    torch.manual_seed(0)
+    vision = SiglipVisionConfig(hidden_size=32, image_size=28, patch_size=4, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64)
+    text = Qwen2Config(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1)
+    cfg = LlavaOnevisionConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
+    original = LlavaOnevisionForConditionalGeneration(cfg).eval()
+    original.save_pretrained(tmp_path)
+    vocab = {f"w{i}": i for i in range(100)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    return tmp_path, original
+
+
+def _config():
+    return SpaceVLLMConfig(name="llava-test", vision=VisionConfig(kind="siglip", image_size=28, patch_size=4, grid=7),
+                           decoder=DecoderConfig(width=32, num_layers=1, num_heads=2), pooled_grid=4, max_frames=8)
+
+
+def test_loaded_vision_and_llm_outputs_equal_the_originals(llava_dir):
+    # given a tiny LLaVA-OneVision saved with save_pretrained
+    directory, original = llava_dir
+    # when our loader reads the directory
+    model = load_from_llava_onevision(_config(), directory)
+    pixels = torch.rand(3, 3, 28, 28)
+    ids = torch.tensor([[1, 5, 9, 42, 99]])
+    with torch.no_grad():
+        theirs_vis = original.model.vision_tower((pixels - 0.5) / 0.5, output_hidden_states=True).hidden_states[-1]
+        theirs_proj = original.model.multi_modal_projector(theirs_vis)
+        theirs_logits = original.lm_head(original.model.language_model(input_ids=ids).last_hidden_state)
+        ours_vis = model.vision_tower(pixels)
+        ours_proj = model.projector(ours_vis)
+        ours_logits = model.language_model(input_ids=ids).logits[..., : theirs_logits.shape[-1]]
+    # then vision features, projected tokens and LLM logits are equal
+    assert torch.allclose(ours_vis, theirs_vis, atol=1e-5)
+    assert torch.allclose(ours_proj, theirs_proj, atol=1e-5)
+    assert torch.allclose(ours_logits, theirs_logits, atol=1e-5)
+    # and the prompt tokens were added to the checkpoint's tokenizer
+    assert model.tokenizer.token_to_id("<st>") is not None and model.tokenizer.token_to_id("2.5") is not None
+
+
+def test_loading_when_a_tensor_is_missing_or_misshaped_names_it(llava_dir):
+    from safetensors.torch import load_file, save_file
+
+    directory, _ = llava_dir
+    state = load_file(str(directory / "model.safetensors"))
+    proj = next(k for k in state if k.endswith("multi_modal_projector.linear_1.weight"))
+    del state[proj]
+    norm = next(k for k in state if k.endswith("language_model.model.norm.weight") or k.endswith("language_model.norm.weight"))
+    state[norm] = torch.zeros(7)
+    save_file(state, str(directory / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_from_llava_onevision(_config(), directory)
+    assert "projector.linear_1.weight" in str(err.value) and "norm.weight: expected (32,), got (7,)" in str(err.value)
+
+
+def test_loading_refuses_pickle_files(llava_dir):
+    directory, _ = llava_dir
+    (directory / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(CheckpointError, match="refusing pickle"):
+        load_from_llava_onevision(_config(), directory)

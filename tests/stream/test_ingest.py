@@ -1,0 +1,173 @@
+"""Ingest with real parts: real Redis, real H.264 through PyAV, a real RTSP server."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from stream.config import CameraSettings, WindowSettings
+from stream.health import CameraHealth, CameraState
+from stream.ingest import IngestService
+from stream.keys import Keys
+from stream.types import Window
+
+KEYS = Keys()
+
+
+def _health(client, cam) -> CameraHealth | None:
+    d = client.hgetall(KEYS.health(cam))
+    return CameraHealth.from_dict(cam, d) if d else None
+
+
+def _wait(predicate, timeout_s: float, step: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def _windows(client) -> list[Window]:
+    return [Window.from_fields(f) for _, f in client.xrange(KEYS.windows())]
+
+
+def _start(client, cameras, windows):
+    svc = IngestService(client, KEYS, cameras, windows)
+    t = threading.Thread(target=svc.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    return svc, t
+
+
+def test_windows_from_a_file_source_are_exact(redis_client, h264_file):
+    # given a 6 s, 25 fps H.264 file, sampled at 2 fps into 2 s windows every 1 s
+    cam = CameraSettings(id="file1", url=f"file://{h264_file}", realtime=False)
+    windows = WindowSettings(sample_fps=2, window_seconds=2, stride_seconds=1, input_size=32)
+    # when ingested to the end
+    IngestService(redis_client, KEYS, [cam], windows).run(install_signals=False)
+    got = _windows(redis_client)
+    # then: 5 windows (starts 0..4 s), 4 frames each on the 0.5 s grid (within one source frame), stride 1 s
+    assert len(got) == 5
+    t0 = got[0].start_ms
+    assert [w.start_ms - t0 for w in got] == [0, 1000, 2000, 3000, 4000]
+    for w in got:
+        assert w.end_ms - w.start_ms == 2000 and len(w.frames_ms) == 4
+        assert w.frame_wh == (320, 240) and w.input_size == 32
+        for k, ts in enumerate(w.frames_ms):
+            assert abs(ts - (w.start_ms + 500 * k)) <= 20
+    # and overlapping windows share frames: each frame is stored once, as a decodable 32x32 image
+    from stream.imagecodec import decode_image
+
+    frames = {ts for w in got for ts in w.frames_ms}
+    assert len(frames) == 12
+    for ts in frames:
+        assert decode_image(redis_client.get(KEYS.frame("file1", ts))).shape == (32, 32, 3)
+    h = _health(redis_client, "file1")
+    assert h.state is CameraState.STOPPED and h.frames_decoded == 150 and h.windows == 5
+
+
+def test_rtsp_camera_reconnects_after_the_server_restarts(redis_client, rtsp_server):
+    # given an RTSP camera that is running
+    cam = CameraSettings(id="rtsp1", url=rtsp_server.url, open_timeout_s=3, read_timeout_s=2,
+                         backoff_initial_s=0.2, backoff_max_s=1.0)
+    windows = WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1, input_size=32)
+    svc, thread = _start(redis_client, [cam], windows)
+    try:
+        assert _wait(lambda: (h := _health(redis_client, "rtsp1")) and h.state is CameraState.RUNNING and h.windows > 0, 20)
+        # when the server dies mid-stream
+        rtsp_server.stop()
+        assert _wait(lambda: _health(redis_client, "rtsp1").state in (CameraState.RECONNECTING, CameraState.CONNECTING), 10)
+        before = _health(redis_client, "rtsp1").windows
+        time.sleep(1.0)
+        # and comes back
+        rtsp_server.start()
+        back = time.monotonic()
+        # then the camera runs again within 5 s, windows resume, the process never exited
+        assert _wait(lambda: _health(redis_client, "rtsp1").state is CameraState.RUNNING, 5.0)
+        assert time.monotonic() - back <= 5.0
+        assert _wait(lambda: _health(redis_client, "rtsp1").windows > before, 10)
+        h = _health(redis_client, "rtsp1")
+        assert h.reconnects >= 1 and h.last_error
+        assert thread.is_alive()
+    finally:
+        svc.stop_event.set()
+        thread.join(15)
+    assert _health(redis_client, "rtsp1").state is CameraState.STOPPED
+
+
+def _stalling_server():
+    """A TCP server that accepts connections and never answers (a stalled camera)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv, stop, conns
+
+
+def test_bad_cameras_show_clear_errors_and_others_keep_running(redis_client, tmp_path):
+    # given a bad scheme, an unreachable host, a file of random bytes, a stalled stream, and a good camera
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 400)
+    stall, stop_stall, _ = _stalling_server()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    quick = dict(open_timeout_s=1.5, read_timeout_s=1.5, backoff_initial_s=0.2, backoff_max_s=0.5)
+    cams = [
+        CameraSettings(id="bad-scheme", url="ftp://example/cam", **quick),
+        CameraSettings(id="unreachable", url=f"rtsp://127.0.0.1:{closed_port}/x", **quick),
+        CameraSettings(id="junk", url=f"file://{junk}", **quick),
+        CameraSettings(id="stalled", url=f"rtsp://127.0.0.1:{stall.getsockname()[1]}/x", **quick),
+        CameraSettings(id="good", url="synthetic://demo?fps=10", **quick),
+    ]
+    windows = WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1, input_size=32)
+    svc, thread = _start(redis_client, cams, windows)
+    try:
+        # then each bad camera says what is wrong
+        assert _wait(lambda: (h := _health(redis_client, "bad-scheme")) and h.state is CameraState.FAILED, 5)
+        assert "unsupported camera URL scheme 'ftp'" in _health(redis_client, "bad-scheme").last_error
+        assert _wait(lambda: (h := _health(redis_client, "junk")) and h.state is CameraState.FAILED, 5)
+        assert "not a playable video" in _health(redis_client, "junk").last_error
+        assert _wait(lambda: (h := _health(redis_client, "unreachable")) and h.reconnects >= 1, 10)
+        assert "cannot open" in _health(redis_client, "unreachable").last_error
+        assert _wait(lambda: (h := _health(redis_client, "stalled")) and h.reconnects >= 1, 15)
+        assert _health(redis_client, "stalled").last_error
+        # and the good camera keeps producing windows
+        assert _wait(lambda: (h := _health(redis_client, "good")) and h.windows >= 2, 15)
+        assert _health(redis_client, "good").state is CameraState.RUNNING
+    finally:
+        svc.stop_event.set()
+        thread.join(15)
+        stop_stall.set()
+        stall.close()
+
+
+def test_memory_stays_bounded_with_a_short_ttl(redis_client):
+    # given a fast synthetic camera, frames that expire after 1 s and a windows stream capped near 10
+    cam = CameraSettings(id="fast", url="synthetic://random?fps=20&realtime=0&seconds=60&epoch=1000")
+    windows = WindowSettings(sample_fps=10, window_seconds=1, stride_seconds=0.1, input_size=16,
+                             frame_ttl_seconds=1, windows_maxlen=10)
+    # when it runs through 60 s of video (about 600 windows)
+    IngestService(redis_client, KEYS, [cam], windows).run(install_signals=False)
+    # then the stream was trimmed (approximate MAXLEN trims whole nodes of <= 100 entries)
+    assert _health(redis_client, "fast").windows > 500
+    assert redis_client.xlen(KEYS.windows()) <= 110
+    # and after the TTL no frame is left behind
+    time.sleep(1.5)
+    assert list(redis_client.scan_iter(KEYS.frame_pattern("fast"))) == []
+    assert redis_client.ttl(KEYS.health("fast")) > 0  # health expires too
