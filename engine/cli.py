@@ -46,3 +46,171 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
 
 if __name__ == "__main__":
     main()
+
+
+# ---- service commands ---------------------------------------------------------------------
+def _service_config(path):
+    from engine.settings import ConfigError, load_service_config
+
+    try:
+        return load_service_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _client(config_path, redis_url):
+    from stream.keys import Keys
+    from stream.redis_server import connect
+
+    cfg = _service_config(config_path)
+    url = redis_url or cfg.redis.url
+    if not url:
+        raise click.ClickException("no Redis URL: pass --redis-url, set REDIS_URL, or set redis.url in the config "
+                                   "(`spacevllm up` prints the URL of its embedded Redis)")
+    client = connect(url)
+    try:
+        client.ping()
+    except Exception as exc:  # redis errors of any kind: one clear line
+        raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
+    return client, Keys(cfg.redis.prefix)
+
+
+config_option = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                             help="Service config YAML (default: embedded defaults).")
+redis_option = click.option("--redis-url", default=None, envvar="REDIS_URL", help="Redis URL (or REDIS_URL).")
+
+
+@main.command("validate-config")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def validate_config(path) -> None:
+    """Check a service config file."""
+    cfg = _service_config(path)
+    click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, backend {cfg.engine.backend})")
+
+
+@main.command()
+@config_option
+@click.option("--max-seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
+def up(config_path, max_seconds) -> None:
+    """The main job: embedded Redis, demo camera, ingest, one engine worker, events printed live."""
+    from engine.service import run_up
+
+    run_up(_service_config(config_path), click.echo, max_seconds=max_seconds)
+
+
+@main.command()
+@config_option
+def ingest(config_path) -> None:
+    """Ingest the configured cameras into Redis windows (until SIGTERM/SIGINT)."""
+    from engine.service import open_redis
+    from stream.ingest import IngestService
+    from stream.keys import Keys
+
+    cfg = _service_config(config_path)
+    if not cfg.cameras:
+        raise click.ClickException("no cameras in the config")
+    client, server, url = open_redis(cfg)
+    click.echo(f"Redis: {url}")
+    try:
+        IngestService(client, Keys(cfg.redis.prefix), list(cfg.cameras), cfg.windows, cfg.ingest).run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@main.command()
+@config_option
+@click.option("--max-windows", type=int, default=None, help="Exit after this many windows (tests).")
+@click.option("--consumer", default=None, help="Consumer name in the group (default: host + random).")
+def engine(config_path, max_windows, consumer) -> None:
+    """An engine worker: windows from Redis -> grounding events."""
+    import signal
+    import threading
+
+    from engine.service import build_engine, format_event
+    from stream.keys import Keys
+    from stream.redis_server import connect
+
+    cfg = _service_config(config_path)
+    if not cfg.redis.url:
+        raise click.ClickException("the engine needs a shared Redis: set redis.url or REDIS_URL")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = build_engine(cfg, connect(cfg.redis.url), Keys(cfg.redis.prefix), stop,
+                          on_event=lambda e: click.echo(format_event(e)), consumer=consumer)
+    worker.run(max_windows=max_windows)
+
+
+@main.group()
+def query() -> None:
+    """Standing queries: add, ls, rm."""
+
+
+@query.command("add")
+@click.argument("text")
+@click.option("--camera", "cameras", multiple=True, help="Camera id (repeat; default: every camera).")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--min-duration", type=float, default=0.0, show_default=True)
+@click.option("--cooldown", type=float, default=4.0, show_default=True)
+@click.option("--id", "query_id", default=None)
+@config_option
+@redis_option
+def query_add(text, cameras, threshold, min_duration, cooldown, query_id, config_path, redis_url) -> None:
+    from engine.client import GroundingClient
+    from engine.queries import QueryError
+
+    client, keys = _client(config_path, redis_url)
+    try:
+        q = GroundingClient(client, keys).add_query(text, list(cameras) or None, threshold, min_duration, cooldown, query_id)
+    except QueryError as exc:
+        raise click.ClickException(f"invalid query: {exc}") from None
+    click.echo(q.id)
+
+
+@query.command("ls")
+@config_option
+@redis_option
+def query_ls(config_path, redis_url) -> None:
+    from engine.client import GroundingClient
+
+    client, keys = _client(config_path, redis_url)
+    for q in GroundingClient(client, keys).list_queries():
+        click.echo(f"{q.id}\t{','.join(q.cameras)}\tthreshold={q.threshold}\t{q.text}")
+
+
+@query.command("rm")
+@click.argument("query_id")
+@config_option
+@redis_option
+def query_rm(query_id, config_path, redis_url) -> None:
+    from engine.client import GroundingClient
+
+    client, keys = _client(config_path, redis_url)
+    if not GroundingClient(client, keys).remove_query(query_id):
+        raise click.ClickException(f"no query {query_id!r}")
+    click.echo(f"removed {query_id}")
+
+
+@main.group()
+def events() -> None:
+    """Grounding events."""
+
+
+@events.command("tail")
+@click.option("--camera", default=None)
+@click.option("--query", "query_id", default=None)
+@click.option("--since", default="$", help="Stream id, Unix seconds, or '$' (only new; default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw event JSON.")
+@config_option
+@redis_option
+def events_tail(camera, query_id, since, as_json, config_path, redis_url) -> None:
+    from engine.client import GroundingClient
+    from engine.service import format_event
+
+    client, keys = _client(config_path, redis_url)
+    try:
+        for _, e in GroundingClient(client, keys).events(since=since, camera=camera, query=query_id):
+            click.echo(e.to_json() if as_json else format_event(e))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None

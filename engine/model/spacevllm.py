@@ -132,8 +132,10 @@ class SpaceVLLM(nn.Module):
         return WindowPrefix(visual_tokens, stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
 
     @torch.no_grad()
-    def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg") -> list[Grounding]:
-        """Ground every question against one shared window prefix (video-first order)."""
+    def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None) -> list[Grounding]:
+        """Ground every question against one shared window prefix (video-first order).
+
+        `decoder` replaces the PyTorch space decoder (a runtime backend: ONNX Runtime, TensorRT)."""
         if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
             raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
         if not questions:
@@ -158,7 +160,7 @@ class SpaceVLLM(nn.Module):
         q_states = out.hidden_states[-1]  # (N, Lq, D)
         vis = prefix.visual_tokens[None].expand(n, -1, -1, -1)
         stq = prefix.stq_states[None].expand(n, -1, -1)
-        dec = self.space_decoder(stq, vis, q_states, qmask)
+        dec = (decoder or self.space_decoder)(stq, vis, q_states, qmask)
         return self._finish(first, out.past_key_values, attn, prefix.length + lengths, dec, prefix.timestamps_s)
 
     @torch.no_grad()

@@ -1,0 +1,54 @@
+"""One interface, three implementations. `encode_frames` maps pixels to projected, pooled visual
+tokens; `decode` is the space decoder. Both take and return torch tensors on the CPU."""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+
+from engine.model.space_decoder import SpaceDecoderOutput
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    name: str
+
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) -> (N, P, D)
+        ...
+
+    def decode(self, stq: torch.Tensor, vis: torch.Tensor, question: torch.Tensor, mask: torch.Tensor) -> SpaceDecoderOutput:
+        ...
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_frames(pixels)
+
+    @torch.no_grad()
+    def decode(self, stq, vis, question, mask) -> SpaceDecoderOutput:
+        return self.model.space_decoder(stq, vis, question, mask)
+
+
+def build_backend(name: str, model, onnx_dir: str | None = None, engine_dir: str | None = None) -> Backend:
+    """`torch`, `onnxruntime` (needs `onnx_dir`; exported on the fly when None) or `tensorrt` (needs `engine_dir`)."""
+    if name == "torch":
+        return TorchBackend(model)
+    if name == "onnxruntime":
+        from engine.runtime.ort import OrtBackend
+
+        return OrtBackend.from_model(model, onnx_dir)
+    if name == "tensorrt":
+        from engine.runtime.trt import TensorRTBackend
+
+        if engine_dir is None:
+            raise ValueError("the tensorrt backend needs engine_dir (built by `spacevllm export tensorrt`)")
+        return TensorRTBackend(engine_dir)
+    raise ValueError(f"unknown backend {name!r} (torch, onnxruntime, tensorrt)")
