@@ -44,9 +44,6 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
     click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ---- service commands ---------------------------------------------------------------------
 def _service_config(path):
@@ -214,3 +211,7 @@ def events_tail(camera, query_id, since, as_json, config_path, redis_url) -> Non
             click.echo(e.to_json() if as_json else format_event(e))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

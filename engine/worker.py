@@ -95,7 +95,8 @@ class EngineWorker:
                         last_work = time.monotonic()
                         if max_windows is not None and self.processed + self.skipped >= max_windows:
                             return
-                    self._end_events_of_stopped_cameras()
+                    if not entries:  # idle: every window read so far is done, so a stopped camera's events can end
+                        self._end_events_of_stopped_cameras()
                     backoff = 0.5
                     if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
                         return
