@@ -1,0 +1,225 @@
+"""TensorRT engines from the exported ONNX graphs, through TensorRT's Python API.
+
+Engines are tied to a GPU architecture and a TensorRT version; the manifest beside them
+records both, and the runtime refuses a mismatch. INT8 calibration reads real frames
+(a video file, or frames referenced by windows in Redis).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENGINE_MANIFEST = "trt_manifest.json"
+
+
+class TensorRTUnavailable(RuntimeError):
+    """No GPU or no TensorRT here; the message says which is missing."""
+
+
+def require_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable("TensorRT is not installed: pip install '.[tensorrt]' on a host with an NVIDIA GPU") from None
+    gpu = gpu_info()
+    if gpu is None:
+        raise TensorRTUnavailable("no CUDA GPU is visible (TensorRT engines are built on the GPU they run on)")
+    return trt, gpu
+
+
+def gpu_info() -> dict | None:
+    """Name and compute capability of GPU 0, or None without a CUDA GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # a broken CUDA install reads as "no GPU"
+        log.debug("torch.cuda probe failed", exc_info=True)
+    if shutil.which("nvidia-smi"):
+        import subprocess
+
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            name, cc = [x.strip() for x in r.stdout.splitlines()[0].split(",")]
+            return {"name": name, "compute_capability": cc}
+    return None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """min / opt / max for each dynamic dimension."""
+
+    frames: tuple[int, int, int]
+    batch: tuple[int, int, int]
+    question_len: tuple[int, int, int]
+
+
+def default_profile(model_config: dict) -> Profile:
+    max_frames = int(model_config["max_frames"])
+    max_q = int(model_config["max_question_tokens"])
+    return Profile(frames=(1, max_frames, max_frames), batch=(1, 4, 16), question_len=(1, 16, max_q))
+
+
+def calibration_frames_from_video(path: str | Path, size: int, count: int = 256) -> Iterator[np.ndarray]:
+    """Real frames for INT8 calibration: (N, 3, S, S) float32 batches from a video file."""
+    import av
+
+    from stream.imagecodec import resize
+
+    batch = []
+    with av.open(str(path)) as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            if i >= count:
+                break
+            batch.append(resize(frame.to_ndarray(format="rgb24"), size))
+            if len(batch) == 16:
+                yield (np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+                batch = []
+    if batch:
+        yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
+def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int = 256) -> Iterator[np.ndarray]:
+    """Real frames referenced by the newest windows in Redis."""
+    import redis
+
+    from stream.imagecodec import decode_image, resize
+    from stream.keys import Keys
+    from stream.types import Window
+
+    client, keys = redis.Redis.from_url(url), Keys(prefix)
+    seen, batch = 0, []
+    for _, fields in client.xrevrange(keys.windows(), count=64):
+        w = Window.from_fields(fields)
+        for data in client.mget([keys.frame(w.camera_id, t) for t in w.frames_ms]):
+            if data is None or seen >= count:
+                continue
+            batch.append(resize(decode_image(data), size))
+            seen += 1
+            if len(batch) == 16:
+                yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+                batch = []
+    if batch:
+        yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
+def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8: bool = False,
+                  calibration: Iterator[np.ndarray] | None = None, profile: Profile | None = None,
+                  workspace_gib: float = 4.0) -> dict:
+    trt, gpu = require_tensorrt()
+    from export.onnx_export import DECODER_FILE, VISION_FILE, validate_manifest
+
+    onnx_dir, out = Path(onnx_dir), Path(out)
+    manifest = validate_manifest(onnx_dir)
+    cfg = manifest["model_config"]
+    profile = profile or default_profile(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    s = int(cfg["vision"]["image_size"])
+    p = int(cfg["pooled_grid"]) ** 2
+    d = int(cfg["llm"]["hidden_size"])
+    logger = trt.Logger(trt.Logger.WARNING)
+    shapes = {
+        "vision_encoder": {"pixels": [(f, 3, s, s) for f in profile.frames]},
+        "space_decoder": {
+            "stq_states": [(b, f, d) for b, f in zip(profile.batch, profile.frames)],
+            "visual_tokens": [(b, f, p, d) for b, f in zip(profile.batch, profile.frames)],
+            "question_states": [(b, q, d) for b, q in zip(profile.batch, profile.question_len)],
+            "question_mask": [(b, q) for b, q in zip(profile.batch, profile.question_len)],
+        },
+    }
+    for name, onnx_file in (("vision_encoder", VISION_FILE), ("space_decoder", DECODER_FILE)):
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse((onnx_dir / onnx_file).read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT could not parse {onnx_file}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        opt_profile = builder.create_optimization_profile()
+        for inp, (mn, op, mx) in shapes[name].items():
+            opt_profile.set_shape(inp, mn, op, mx)
+        config.add_optimization_profile(opt_profile)
+        if int8 and name == "vision_encoder":
+            if calibration is None:
+                raise ValueError("--int8 needs --calibration (a video file or redis://...)")
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = _calibrator(trt, calibration, out / "calibration.cache")
+            config.set_calibration_profile(opt_profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"TensorRT failed to build {name}")
+        (out / f"{name}.plan").write_bytes(bytes(serialized))
+        log.info("built %s", out / f"{name}.plan")
+    engine_manifest = {
+        "format": "spacevllm-trt/1", "tensorrt": trt.__version__, "gpu": gpu,
+        "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
+        "profiles": {k: {inp: {"min": v[0], "opt": v[1], "max": v[2]} for inp, v in d_.items()} for k, d_ in shapes.items()},
+        "onnx_manifest": manifest,
+    }
+    (out / ENGINE_MANIFEST).write_text(json.dumps(engine_manifest, indent=2) + "\n")
+    return engine_manifest
+
+
+def _calibrator(trt, batches: Iterator[np.ndarray], cache: Path):
+    import torch
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = iter(batches)
+            self.device = None
+
+        def get_batch_size(self) -> int:
+            return 16
+
+        def get_batch(self, names):
+            try:
+                x = next(self.batches)
+            except StopIteration:
+                return None
+            self.device = torch.from_numpy(np.ascontiguousarray(x)).cuda()
+            return [int(self.device.data_ptr())]
+
+        def read_calibration_cache(self):
+            return cache.read_bytes() if cache.is_file() else None
+
+        def write_calibration_cache(self, data):
+            cache.write_bytes(bytes(data))
+
+    return Calibrator()
+
+
+class EngineMismatch(RuntimeError):
+    pass
+
+
+def check_engine_manifest(engine_dir: str | Path, trt_version: str, gpu: dict | None) -> dict:
+    """Refuse engines built for another TensorRT version or GPU architecture."""
+    path = Path(engine_dir) / ENGINE_MANIFEST
+    if not path.is_file():
+        raise EngineMismatch(f"{engine_dir}: missing {ENGINE_MANIFEST} (build with `spacevllm export tensorrt`)")
+    m = json.loads(path.read_text())
+    if m.get("tensorrt") != trt_version:
+        raise EngineMismatch(f"{engine_dir}: engines built with TensorRT {m.get('tensorrt')}, running {trt_version}; rebuild them here")
+    if gpu is None:
+        raise EngineMismatch("no CUDA GPU is visible")
+    if m["gpu"]["compute_capability"] != gpu["compute_capability"]:
+        raise EngineMismatch(f"{engine_dir}: engines built for {m['gpu']['name']} (sm {m['gpu']['compute_capability']}), "
+                             f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); rebuild them here")
+    for name in ("vision_encoder.plan", "space_decoder.plan"):
+        if not (Path(engine_dir) / name).is_file():
+            raise EngineMismatch(f"{engine_dir}: missing {name}")
+    return m
