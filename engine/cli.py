@@ -30,7 +30,9 @@ def main(verbose: bool) -> None:
 @click.option("--max-minutes", default=0.0, show_default=True, help="Stop with a checkpoint after this long (0: no limit).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option("--threads", default=0, help="Torch threads (0: default).")
-def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads) -> None:
+@click.option("--task-mix", default="0.45,0.15,0.4", show_default=True, help="Shares of STVG, VTG, REC batches.")
+@click.option("--rec-batch-size", default=64, show_default=True, help="Batch size of single-image (REC) batches.")
+def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size) -> None:
     """Train a model on synthetic Uni-STG scenes."""
     import torch
 
@@ -39,10 +41,58 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
 
     if threads:
         torch.set_num_threads(threads)
-    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes)
+    try:
+        mix = tuple(float(x) for x in task_mix.split(","))
+        assert len(mix) == 3 and min(mix) >= 0 and sum(mix) > 0
+    except (ValueError, AssertionError):
+        raise click.BadParameter("three non-negative numbers, e.g. 0.45,0.15,0.4", param_hint="--task-mix") from None
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
+                             task_mix=mix, rec_batch_size=rec_batch_size)
     metrics = run(load_config(config_path), Path(out), settings, resume=resume)
     click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
+
+
+@main.command("eval")
+@click.option("--format", "fmt", required=True, type=click.Choice(["hcstvg", "vidstg", "charades", "refcoco"]))
+@click.option("--anno", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Videos (or images for refcoco).")
+@click.option("--model", "model_dir", default=None, help="Model directory (default: the shipped models/tiny).")
+@click.option("--out", default="eval-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--threshold", default=0.5, show_default=True)
+@click.option("--limit", type=int, default=None)
+def eval_cmd(fmt, anno, videos, model_dir, out, threshold, limit) -> None:
+    """Evaluate on annotations in a standard format; writes metrics.json and predictions.json."""
+    import json as _json
+
+    from engine.data.formats import FormatError
+    from engine.evaluate import evaluate
+    from engine.model.checkpoint import CheckpointError
+    from engine.settings import DEFAULT_MODEL_DIR
+
+    try:
+        result = evaluate(fmt, anno, videos, model_dir or DEFAULT_MODEL_DIR, out, threshold, limit)
+    except (FormatError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_json.dumps(result, indent=2))
+
+
+@main.command("make-eval-set")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--n", default=500, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--seconds", default=8.0, show_default=True)
+@click.option("--negative-rate", default=0.2, show_default=True)
+def make_eval_set(out, n, seed, seconds, negative_rate) -> None:
+    """Render held-out synthetic clips in HC-STVG format (<out>/anno.json, <out>/videos/*.mp4)."""
+    from tqdm import tqdm
+
+    from engine.data.formats import write_hcstvg_clips
+
+    bar = tqdm(total=n, desc="render")
+    path = write_hcstvg_clips(out, n, seed, seconds, negative_rate, progress=lambda i: bar.update(1))
+    bar.close()
+    click.echo(path)
 
 
 # ---- service commands ---------------------------------------------------------------------

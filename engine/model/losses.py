@@ -24,7 +24,7 @@ class LossTerms:
     heatmap: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k)) for k in ("total", "lm", "l1", "giou", "presence", "heatmap")}
+        return {k: float(getattr(self, k).detach()) for k in ("total", "lm", "l1", "giou", "presence", "heatmap")}
 
 
 class SpaceVLLMCriterion(nn.Module):

@@ -1,0 +1,101 @@
+"""Raw PyAV decode-only throughput vs the full ingest path, side by side in one run; cameras per core;
+threads vs processes for several cameras.
+
+    .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3]
+
+Full path = decode, timestamp, sample at 2 fps, resize to 64 px, PNG-encode, store in Redis (embedded).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import av
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stream.config import CameraSettings, WindowSettings  # noqa: E402
+from stream.ingest import IngestService  # noqa: E402
+from stream.keys import Keys  # noqa: E402
+from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
+from tests.media import write_h264  # noqa: E402
+
+
+def decode_only(path: Path, threads: int) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        if threads:
+            s.thread_type, s.thread_count = "AUTO", threads
+        for f in c.decode(s):
+            f.to_ndarray(format="rgb24")  # the ingest path converts every frame too
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def full_path(path: Path, url: str, prefix: str, cameras: int = 1) -> float:
+    client = connect(url)
+    cams = [CameraSettings(id=f"c{k}", url=f"file://{path}", realtime=False) for k in range(cameras)]
+    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2))
+    t0 = time.perf_counter()
+    svc.run(install_signals=False)
+    dt = time.perf_counter() - t0
+    frames = sum(int(client.hget(Keys(prefix).health(c.id), "frames_decoded")) for c in cams)
+    return frames / dt
+
+
+def _proc(path, url, prefix, q):
+    q.put(full_path(Path(path), url, prefix))
+
+
+def processes(path: Path, url: str, prefix: str, cameras: int) -> float:
+    q = mp.get_context("spawn").Queue()
+    ps = [mp.get_context("spawn").Process(target=_proc, args=(str(path), url, f"{prefix}{k}:", q)) for k in range(cameras)]
+    t0 = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    dt = time.perf_counter() - t0
+    per = [q.get() for _ in ps]
+    n_frames = sum(per) and sum(per)  # frames/s each, over their own run time
+    return sum(per) if dt <= 0 else sum(per)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    path = write_h264(tmp / "720p25.mp4", seconds=args.seconds, fps=25, size=(1280, 720))
+    server = EmbeddedRedis.start(tmp / "redis", appendonly=False)
+    try:
+        raw, full, raw1, full1 = [], [], [], []
+        for r in range(args.repeats):  # interleaved, so both see the same machine load
+            raw.append(decode_only(path, 0))
+            full.append(full_path(path, server.url, f"b{r}:"))
+            raw1.append(decode_only(path, 1))
+        med = statistics.median
+        print(f"720p25 H.264, {args.seconds:.0f} s ({int(args.seconds * 25)} frames), median of {args.repeats} interleaved runs")
+        print(f"{'path':<44} | {'frames/s':>9} | {'ratio':>6}")
+        print(f"{'raw PyAV decode (+rgb) (the limit)':<44} | {med(raw):>9.1f} | {1.0:>6.2f}")
+        print(f"{'full ingest path':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
+        print(f"{'raw decode, 1 decoder thread':<44} | {med(raw1):>9.1f} |")
+        print(f"real-time 720p25 cameras per core (1 decoder thread, full path ~ decode): {med(raw1) * med(full) / med(raw) / 25:.1f}")
+        th = full_path(path, server.url, "t:", cameras=2)
+        pr = processes(path, server.url, "p", 2)
+        print(f"2 cameras, aggregate frames/s: threads {th:.1f}, processes {pr:.1f} (ratio threads/processes {th / pr:.2f})")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
