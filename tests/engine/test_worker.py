@@ -109,17 +109,24 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
     try:
         deadline = time.monotonic() + 120
         held = False
-        while time.monotonic() < deadline and not held:
+
+        def pending() -> int:
             try:
-                info = redis_client.xpending(keys.windows(), "engines")
+                return redis_client.xpending(keys.windows(), "engines")["pending"]
             except redis.ResponseError:  # the group does not exist yet
-                info = {"pending": 0}
-            done = len(list(redis_client.scan_iter(match=f"crash:{{cam1}}:done:*")))
-            held = info["pending"] == 1 and done >= 3
+                return 0
+
+        while time.monotonic() < deadline and not held:
+            done = len(list(redis_client.scan_iter(match="crash:{cam1}:done:*")))
+            if pending() == 1 and done >= 3:
+                os.kill(proc.pid, signal.SIGSTOP)  # freeze it, then make sure it still holds the window
+                held = pending() == 1
+                if not held:
+                    os.kill(proc.pid, signal.SIGCONT)
             if not held:
                 time.sleep(0.002)
         assert held, "the worker never held a window"
-        # when it is SIGKILLed
+        # when it is SIGKILLed while holding it
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

@@ -1,0 +1,146 @@
+"""Engine benchmarks, each measured side by side in one run:
+
+1. vision encodes per unique frame (window 8 s, stride 2 s): target <= 1.05
+2. one window with 1, 4, 16 standing queries: shared prefix vs recomputing per query; target t(16)/t(1) <= 3
+3. capture-to-event latency p50/p95 and windows/s with 4 real-time synthetic cameras x 4 queries
+
+    .venv/bin/python bench/engine.py [--model models/tiny] [--seconds 60]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.grounder import WindowGrounder  # noqa: E402
+from engine.model.checkpoint import load_model  # noqa: E402
+from engine.queries import QueryRegistry, validate_query  # noqa: E402
+from engine.runtime import TorchBackend  # noqa: E402
+from engine.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
+from engine.worker import EngineWorker  # noqa: E402
+from stream.config import CameraSettings, WindowSettings  # noqa: E402
+from stream.ingest import IngestService  # noqa: E402
+from stream.keys import Keys  # noqa: E402
+from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
+from stream.types import Window  # noqa: E402
+
+QUERIES = ["the red circle moving right", "the yellow triangle moving down", "the blue square", "the green triangle moving up",
+           "the white circle moving left", "the small red circle", "the large blue square moving up", "the white square"]
+WINDOWS = WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2, input_size=64, frame_ttl_seconds=600)
+
+
+def add_queries(client, keys, n, cameras=("*",)):
+    reg = QueryRegistry(client, keys)
+    for k in range(n):
+        reg.add(validate_query({"id": f"q{k}", "text": QUERIES[k % len(QUERIES)], "cameras": list(cameras), "cooldown_s": 2.0}))
+
+
+def encodes_per_frame(client, model) -> tuple[int, int, int]:
+    keys = Keys("enc:")
+    IngestService(client, keys, [CameraSettings(id="c", url="synthetic://demo?fps=10&realtime=0&seconds=60&epoch=1000")],
+                  WINDOWS).run(install_signals=False)
+    add_queries(client, keys, 4)
+    grounder = WindowGrounder(model, TorchBackend(model), keys)
+    EngineWorker(client, keys, grounder, EngineSettings(block_ms=100)).run(idle_exit_s=1.0)
+    unique = {ts for _, f in client.xrange(keys.windows()) for ts in Window.from_fields(f).frames_ms}
+    return grounder.stats.frames_encoded, len(unique), grounder.stats.windows
+
+
+def per_window(client, model, repeats: int) -> list[tuple[int, float, float]]:
+    keys = Keys("pw:")
+    IngestService(client, keys, [CameraSettings(id="c", url="synthetic://demo?fps=10&realtime=0&seconds=9&epoch=1000")],
+                  WINDOWS).run(install_signals=False)
+    _, fields = client.xrange(keys.windows(), count=1)[0]
+    window = Window.from_fields(fields)
+    frames = client.mget([keys.frame("c", t) for t in window.frames_ms])
+    from engine.queries import StandingQuery
+
+    rows = []
+    for n in (1, 4, 16):
+        queries = [StandingQuery(f"q{k}", QUERIES[k % len(QUERIES)]) for k in range(n)]
+
+        def shared():
+            WindowGrounder(model, TorchBackend(model), keys).ground(window, frames, queries)  # fresh cache: all frames encoded
+
+        def naive():
+            for q in queries:
+                WindowGrounder(model, TorchBackend(model), keys).ground(window, frames, [q])
+
+        ts, tn = [], []
+        shared(), naive()
+        for _ in range(repeats):  # interleaved
+            t0 = time.perf_counter(); shared(); ts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter(); naive(); tn.append(time.perf_counter() - t0)
+        rows.append((n, statistics.median(ts), statistics.median(tn)))
+    return rows
+
+
+def latency(url: str, model, seconds: float, cameras: int = 4, queries: int = 4):
+    keys = Keys("lat:")
+    client = connect(url)
+    add_queries(client, keys, queries)
+    stop = threading.Event()
+    cams = [CameraSettings(id=f"cam{k}", url=f"synthetic://random?seed={k}&fps=10") for k in range(cameras)]
+    ingest = IngestService(client, keys, cams, WINDOWS, stop=stop)
+    grounder = WindowGrounder(model, TorchBackend(model), keys)
+    worker = EngineWorker(client, keys, grounder, EngineSettings(block_ms=100), stop=stop)
+    lat = []
+    original = worker.process
+
+    def timed(entry_id, fields):
+        out = original(entry_id, fields)
+        w = Window.from_fields(fields)
+        lat.append(time.time() - w.frames_ms[-1] / 1000.0)  # last frame captured -> events written
+        return out
+
+    worker.process = timed
+    t = threading.Thread(target=ingest.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    threading.Timer(seconds, stop.set).start()
+    t0 = time.perf_counter()
+    worker.run()
+    dt = time.perf_counter() - t0
+    t.join(10)
+    produced = sum(int(client.hget(keys.health(c.id), "windows") or 0) for c in cams)
+    return lat, len(lat) / dt, produced / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    model = load_model(args.model)
+    server = EmbeddedRedis.start(Path(tempfile.mkdtemp()), appendonly=False)
+    try:
+        client = connect(server.url)
+        enc, unique, n_windows = encodes_per_frame(client, model)
+        print(f"1. vision encodes per unique frame (8 s windows, 2 s stride, {n_windows} windows): "
+              f"{enc} encodes / {unique} unique frames = {enc / unique:.3f}  (target <= 1.05)")
+        rows = per_window(client, model, args.repeats)
+        print(f"2. one 16-frame window, median of {args.repeats} (interleaved), fresh frame cache each time")
+        print(f"   {'queries':>7} | {'shared (ms)':>11} | {'per-query (ms)':>14} | {'per-query/shared':>16} | {'shared t(n)/t(1)':>16}")
+        for n, sh, nv in rows:
+            print(f"   {n:>7} | {sh * 1000:>11.1f} | {nv * 1000:>14.1f} | {nv / sh:>16.2f} | {sh / rows[0][1]:>16.2f}")
+        lat, wps_done, wps_made = latency(server.url, model, args.seconds)
+        lat = np.asarray(lat[2:] if len(lat) > 4 else lat)
+        print(f"3. 4 real-time synthetic cameras x 4 queries, {args.seconds:.0f} s: windows produced {wps_made:.2f}/s, "
+              f"processed {wps_done:.2f}/s; capture-to-event latency p50 {np.percentile(lat, 50):.2f} s, "
+              f"p95 {np.percentile(lat, 95):.2f} s (target p95 <= stride + 1 = {WINDOWS.stride_seconds + 1:.0f} s)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    main()
