@@ -6,16 +6,15 @@ the vision encoder on 16 frames, the space decoder (4 questions x 16 frames), an
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import median_time  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
 from engine.runtime import TorchBackend  # noqa: E402
 from engine.runtime.ort import OrtBackend  # noqa: E402
@@ -23,16 +22,6 @@ from engine.settings import DEFAULT_MODEL_DIR  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 
 QUESTIONS = ["the red circle moving right", "the yellow triangle moving down", "the blue square", "the green triangle moving up"]
-
-
-def med(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main() -> None:
@@ -64,9 +53,9 @@ def main() -> None:
         vis4 = vis[None].expand(4, -1, -1, -1).contiguous()
     rows = {}
     for name, b in backends.items():
-        enc = med(lambda: b.encode_frames(px), args.repeats)
-        dec = med(lambda: b.decode(stq, vis4, q, mask), args.repeats)
-        win = med(lambda: model.ground(model.encode_window(None, ts, visual_tokens=b.encode_frames(px)), QUESTIONS,
+        enc = median_time(lambda: b.encode_frames(px), args.repeats)
+        dec = median_time(lambda: b.decode(stq, vis4, q, mask), args.repeats)
+        win = median_time(lambda: model.ground(model.encode_window(None, ts, visual_tokens=b.encode_frames(px)), QUESTIONS,
                                        decoder=b.decode), max(5, args.repeats // 4))
         rows[name] = (enc, dec, win)
     t = rows["torch"]

@@ -12,7 +12,6 @@ import multiprocessing as mp
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -56,17 +55,16 @@ def _proc(path, url, prefix, q):
 
 
 def processes(path: Path, url: str, prefix: str, cameras: int) -> float:
-    q = mp.get_context("spawn").Queue()
-    ps = [mp.get_context("spawn").Process(target=_proc, args=(str(path), url, f"{prefix}{k}:", q)) for k in range(cameras)]
-    t0 = time.perf_counter()
+    """Aggregate frames/s of `cameras` ingest processes, one camera each."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_proc, args=(str(path), url, f"{prefix}{k}:", q)) for k in range(cameras)]
     for p in ps:
         p.start()
+    per = [q.get() for _ in ps]
     for p in ps:
         p.join()
-    dt = time.perf_counter() - t0
-    per = [q.get() for _ in ps]
-    n_frames = sum(per) and sum(per)  # frames/s each, over their own run time
-    return sum(per) if dt <= 0 else sum(per)
+    return sum(per)
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ Prints medians over repeats and the ratios, all measured in this one run (the ma
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import median_time  # noqa: E402
 
 QUESTIONS = ["the red circle moving right", "the small blue square", "the yellow triangle moving down", "the white circle",
              "the large green square standing still", "the red triangle moving left", "the blue circle", "the white square moving up"]
@@ -30,16 +30,6 @@ def load(model_dir: str | None):
         return load_model(model_dir)
     torch.manual_seed(0)
     return build_spacevllm(SpaceVLLMConfig(), train_tokenizer(60.0)).eval()
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

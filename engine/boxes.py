@@ -50,8 +50,8 @@ def _area(b):
     return (b[..., 2] - b[..., 0]).clip(min=0) * (b[..., 3] - b[..., 1]).clip(min=0)
 
 
-def iou_xyxy(a, b):
-    """Element-wise IoU of two broadcastable `xyxy` arrays; 0 where the union is empty."""
+def _overlap(a, b):
+    """Intersection area, union area, the hull's corners, for broadcastable `xyxy` arrays or tensors."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         lib_max, lib_min = torch.maximum, torch.minimum
     else:
@@ -61,25 +61,21 @@ def iou_xyxy(a, b):
     rb_x, rb_y = lib_min(a[..., 2], b[..., 2]), lib_min(a[..., 3], b[..., 3])
     inter = (rb_x - lt_x).clip(min=0) * (rb_y - lt_y).clip(min=0)
     union = _area(a) + _area(b) - inter
+    hull = (lib_max(a[..., 2], b[..., 2]) - lib_min(a[..., 0], b[..., 0])) * (lib_max(a[..., 3], b[..., 3]) - lib_min(a[..., 1], b[..., 1]))
+    return inter, union, hull
+
+
+def iou_xyxy(a, b):
+    """Element-wise IoU of two broadcastable `xyxy` arrays; 0 where the union is empty."""
+    inter, union, _ = _overlap(a, b)
     return inter / union.clip(min=1e-12) * (union > 0)
 
 
 def giou_xyxy(a, b):
     """Element-wise generalised IoU in [-1, 1]."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        lib_max, lib_min = torch.maximum, torch.minimum
-    else:
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        lib_max, lib_min = np.maximum, np.minimum
-    lt_x, lt_y = lib_max(a[..., 0], b[..., 0]), lib_max(a[..., 1], b[..., 1])
-    rb_x, rb_y = lib_min(a[..., 2], b[..., 2]), lib_min(a[..., 3], b[..., 3])
-    inter = (rb_x - lt_x).clip(min=0) * (rb_y - lt_y).clip(min=0)
-    union = _area(a) + _area(b) - inter
-    iou = inter / union.clip(min=1e-12)
-    hx1, hy1 = lib_min(a[..., 0], b[..., 0]), lib_min(a[..., 1], b[..., 1])
-    hx2, hy2 = lib_max(a[..., 2], b[..., 2]), lib_max(a[..., 3], b[..., 3])
-    hull = ((hx2 - hx1) * (hy2 - hy1)).clip(min=1e-12)
-    return iou - (hull - union) / hull
+    inter, union, hull = _overlap(a, b)
+    hull = hull.clip(min=1e-12)
+    return inter / union.clip(min=1e-12) - (hull - union) / hull
 
 
 def clip_xyxy(boxes, resolution_wh: tuple[int, int]):

@@ -140,9 +140,13 @@ def validate_config(path) -> None:
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
 def up(config_path, max_seconds) -> None:
     """The main job: embedded Redis, demo camera, ingest, one engine worker, events printed live."""
+    from engine.model.checkpoint import CheckpointError
     from engine.service import run_up
 
-    run_up(_service_config(config_path), click.echo, max_seconds=max_seconds)
+    try:
+        run_up(_service_config(config_path), click.echo, max_seconds=max_seconds)
+    except CheckpointError as exc:
+        raise click.ClickException(f"cannot load the model: {exc}") from None
 
 
 @main.command()
@@ -184,8 +188,13 @@ def engine(config_path, max_windows, consumer) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    worker = build_engine(cfg, connect(cfg.redis.url), Keys(cfg.redis.prefix), stop,
-                          on_event=lambda e: click.echo(format_event(e)), consumer=consumer)
+    from engine.model.checkpoint import CheckpointError
+
+    try:
+        worker = build_engine(cfg, connect(cfg.redis.url), Keys(cfg.redis.prefix), stop,
+                              on_event=lambda e: click.echo(format_event(e)), consumer=consumer)
+    except CheckpointError as exc:
+        raise click.ClickException(f"cannot load the model: {exc}") from None
     worker.run(max_windows=max_windows)
 
 
