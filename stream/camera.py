@@ -77,6 +77,7 @@ class CameraWorker(threading.Thread):
         self._rng = random.Random(hash(settings.id))
         self._last_health_write = 0.0
         self._fps_count, self._fps_since = 0, time.monotonic()
+        self._ran_ok = False  # the last connection delivered frames (resets the backoff)
         self.frame_wh: tuple[int, int] | None = None
 
     # ---- health ------------------------------------------------------------------------
@@ -138,11 +139,11 @@ class CameraWorker(threading.Thread):
                 if s.max_retries is not None and attempt > s.max_retries:
                     self._set(CameraState.FAILED, last_error=f"gave up after {s.max_retries} retries: {self.health.last_error}")
                     return
-        finally:
-            if self.health.state is not CameraState.STOPPED:
-                self._set(CameraState.STOPPED) if self.health.state is not CameraState.FAILED else self._write_health(force=True)
-
-    _ran_ok = False
+        finally:  # teardown: a failed camera keeps its error; anything else is marked stopped
+            if self.health.state is CameraState.FAILED:
+                self._write_health(force=True)
+            elif self.health.state is not CameraState.STOPPED:
+                self._set(CameraState.STOPPED)
 
     def _reconnect_after(self, error: str, attempt: int) -> None:
         if self.stop_event.is_set():
