@@ -128,7 +128,7 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     torch.manual_seed(settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "train_state.json").is_file():
-        model = load_model(out)
+        model = load_model(out, allow_missing=("motion.",))
         log.info("resuming from %s", out)
     else:
         model = build_spacevllm(config, train_tokenizer(config.max_time_s))

@@ -61,7 +61,9 @@ def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
         raise CheckpointError(f"{where}: " + "; ".join(problems))
 
 
-def load_model(directory: str | Path) -> SpaceVLLM:
+def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
+    """Load a model directory. `allow_missing`: name prefixes of parameters a newer architecture added
+    (kept at their initialisation; training resumes use it, inference never does)."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"model directory {d} does not exist")
@@ -79,8 +81,12 @@ def load_model(directory: str | Path) -> SpaceVLLM:
     tok = load_tokenizer(d / "tokenizer.json")
     model = build_spacevllm(config, tok)
     state = load_file(str(d / "model.safetensors"))
-    check_state(model.state_dict(), state, str(d / "model.safetensors"))
-    model.load_state_dict(state)
+    expected = model.state_dict()
+    kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
+    if kept:
+        log.warning("keeping %d newly added tensors at initialisation: %s", len(kept), sorted(kept))
+    check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
+    model.load_state_dict({**state, **kept})
     return model.eval()
 
 

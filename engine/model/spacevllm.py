@@ -66,6 +66,11 @@ class SpaceVLLM(nn.Module):
         self.language_model = llm
         self.stq = nn.Parameter(torch.randn(config.max_frames, hidden) * 0.02)  # one query per frame index
         self.stq_image = nn.Parameter(torch.randn(1, hidden) * 0.02)  # the extra query for single images
+        # motion: each visual token also sees its change from the previous and to the next frame of the
+        # window (zero-initialised, so it starts as a no-op); per-frame encoding and caching are unchanged
+        self.motion = nn.Linear(2 * hidden, hidden)
+        nn.init.zeros_(self.motion.weight)
+        nn.init.zeros_(self.motion.bias)
         self.space_decoder = decoder
 
     # ---- vision -------------------------------------------------------------------------
@@ -74,6 +79,12 @@ class SpaceVLLM(nn.Module):
         patches = self.vision_tower(pixels)  # (N, g*g, C)
         tokens = self.projector(patches)  # (N, g*g, D)
         return pool_grid(tokens, self.vision_tower.grid, self.config.pooled_grid)  # (N, P, D)
+
+    def add_motion(self, vis: torch.Tensor) -> torch.Tensor:
+        """(B, F, P, D) per-frame tokens -> tokens with their temporal differences mixed in (same shape)."""
+        prev = torch.cat([vis[:, :1], vis[:, :-1]], dim=1)  # (B, F, P, D), frame 0 is its own predecessor
+        nxt = torch.cat([vis[:, 1:], vis[:, -1:]], dim=1)
+        return vis + self.motion(torch.cat([vis - prev, nxt - vis], dim=-1))
 
     def _embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """Token embeddings with frames and STQs spliced in. visual_tokens: (B, F, P, D)."""
@@ -103,6 +114,7 @@ class SpaceVLLM(nn.Module):
     ) -> SpaceVLLMOutput:
         b, f = pixels.shape[:2]
         vis = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.tokens_per_frame, -1)  # (B, F, P, D)
+        vis = self.add_motion(vis)
         emb = self._embed(input_ids, vis, f)
         out = self.language_model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, L, D)
@@ -124,6 +136,7 @@ class SpaceVLLM(nn.Module):
         """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, P, D) may come from a frame cache."""
         if visual_tokens is None:
             visual_tokens = self.encode_frames(pixels)
+        visual_tokens = self.add_motion(visual_tokens[None])[0]  # (F, P, D)
         f = visual_tokens.shape[0]
         ids = torch.tensor([self.prefix_ids(timestamps_s)])
         emb = self._embed(ids, visual_tokens[None], f)
@@ -169,6 +182,7 @@ class SpaceVLLM(nn.Module):
         """Recompute the whole sequence for one question (either prompt order)."""
         if visual_tokens is None:
             visual_tokens = self.encode_frames(pixels)
+        visual_tokens = self.add_motion(visual_tokens[None])[0]  # (F, P, D)
         f = visual_tokens.shape[0]
         video = self.prefix_ids(list(timestamps_s))
         qids = self.question_ids(question, task)
