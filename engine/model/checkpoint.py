@@ -68,6 +68,12 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     if not d.is_dir():
         raise CheckpointError(f"model directory {d} does not exist")
     refuse_pickle(d)
+    base = _base_checkpoint(d)
+    if base is not None:  # a 7B directory: base weights from a local LLaVA-OneVision checkpoint, heads from here
+        from engine.model.llava_onevision import load_from_llava_onevision
+
+        heads = d / "model.safetensors"
+        return load_from_llava_onevision(load_config(d / "config.json"), base, heads if heads.is_file() else None)
     for name in ("model.safetensors", "tokenizer.json"):
         if not (d / name).is_file():
             raise CheckpointError(f"{d}: missing {name}")
@@ -88,6 +94,22 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()
+
+
+def _base_checkpoint(d: Path) -> Path | None:
+    cfg = d / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        base = load_config(cfg).base_checkpoint
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg}: {exc}") from exc
+    if not base:
+        return None
+    path = Path(base) if Path(base).is_absolute() else d / base
+    if not path.is_dir():
+        raise CheckpointError(f"{cfg}: base_checkpoint {base!r} is not a local directory (nothing is downloaded)")
+    return path
 
 
 def file_sha256(path: str | Path) -> str:

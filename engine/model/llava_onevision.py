@@ -107,7 +107,7 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
     if heads is not None:
         with safe_open(str(heads), "pt") as sf:
             head_state = {k: sf.get_tensor(k) for k in sf.keys()}
-        own = {k: v for k, v in model.state_dict().items() if k.startswith(("stq", "space_decoder."))}
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(("stq", "motion.", "space_decoder."))}
         rows = {k: head_state.pop(k) for k in ("added_tokens.embed", "added_tokens.lm_head") if k in head_state}
         check_state(own, head_state, f"{heads} (SpaceVLLM heads)")
         model.load_state_dict(head_state, strict=False)
@@ -118,5 +118,5 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
                 emb[base_vocab : base_vocab + k] = rows["added_tokens.embed"]
                 lm[base_vocab : base_vocab + k] = rows["added_tokens.lm_head"]
     else:
-        log.warning("no SpaceVLLM heads given: STQ embeddings and the space decoder are untrained")
+        log.warning("no SpaceVLLM heads given: STQ embeddings, motion mixing and the space decoder are untrained")
     return model.eval()

@@ -75,3 +75,24 @@ def test_loading_refuses_pickle_files(llava_dir):
     (directory / "pytorch_model.bin").write_bytes(b"not really")
     with pytest.raises(CheckpointError, match="refusing pickle"):
         load_from_llava_onevision(_config(), directory)
+
+
+def test_load_model_routes_a_directory_with_base_checkpoint_to_the_llava_loader(llava_dir, tmp_path):
+    import dataclasses
+
+    from engine.model.checkpoint import load_model
+    from engine.model.config import save_config
+
+    directory, original = llava_dir
+    d = tmp_path / "spacevllm-7b-heads"
+    d.mkdir()
+    save_config(dataclasses.replace(_config(), base_checkpoint=str(directory)), d / "config.json")
+    model = load_model(d)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        theirs = original.lm_head(original.model.language_model(input_ids=ids).last_hidden_state)
+        ours = model.language_model(input_ids=ids).logits[..., : theirs.shape[-1]]
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    save_config(dataclasses.replace(_config(), base_checkpoint="/nowhere/llava"), d / "config.json")
+    with pytest.raises(CheckpointError, match="not a local directory"):
+        load_model(d)
