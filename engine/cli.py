@@ -53,13 +53,30 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
 
 
 
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--samples", default=300, show_default=True)
+def calibrate(model_dir, samples) -> None:
+    """Set the model's default match threshold from held-out synthetic samples (writes config.json)."""
+    import dataclasses
+
+    from engine.model.checkpoint import load_model
+    from engine.model.config import save_config
+    from engine.train import calibrate_threshold
+
+    model = load_model(model_dir)
+    threshold, stats = calibrate_threshold(model, samples, model.config.max_frames)
+    save_config(dataclasses.replace(model.config, default_threshold=threshold), Path(model_dir) / "config.json")
+    click.echo(f"default_threshold={threshold:.2f} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+
+
 @main.command("eval")
 @click.option("--format", "fmt", required=True, type=click.Choice(["hcstvg", "vidstg", "charades", "refcoco"]))
 @click.option("--anno", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Videos (or images for refcoco).")
 @click.option("--model", "model_dir", default=None, help="Model directory (default: the shipped models/tiny).")
 @click.option("--out", default="eval-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--threshold", default=0.5, show_default=True)
+@click.option("--threshold", type=float, default=None, help="Match threshold (default: the model's calibrated one).")
 @click.option("--limit", type=int, default=None)
 def eval_cmd(fmt, anno, videos, model_dir, out, threshold, limit) -> None:
     """Evaluate on annotations in a standard format; writes metrics.json and predictions.json."""
@@ -206,7 +223,7 @@ def query() -> None:
 @query.command("add")
 @click.argument("text")
 @click.option("--camera", "cameras", multiple=True, help="Camera id (repeat; default: every camera).")
-@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--threshold", type=float, default=None, help="Match threshold in [0, 1] (default: the model's calibrated one).")
 @click.option("--min-duration", type=float, default=0.0, show_default=True)
 @click.option("--cooldown", type=float, default=4.0, show_default=True)
 @click.option("--id", "query_id", default=None)

@@ -43,7 +43,7 @@ class GroundingClient:
         self.keys = keys or Keys()
         self.registry = QueryRegistry(client, self.keys)
 
-    def add_query(self, text: str, cameras: list[str] | None = None, threshold: float = 0.5, min_duration_s: float = 0.0,
+    def add_query(self, text: str, cameras: list[str] | None = None, threshold: float | None = None, min_duration_s: float = 0.0,
                   cooldown_s: float = 4.0, query_id: str | None = None) -> StandingQuery:
         data = {"text": text, "cameras": cameras or ["*"], "threshold": threshold, "min_duration_s": min_duration_s,
                 "cooldown_s": cooldown_s}

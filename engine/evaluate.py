@@ -93,11 +93,12 @@ def _mean_box_size(items: list[GroundingItem]) -> tuple[float, float]:
 
 
 def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Path, out: str | Path,
-             threshold: float = 0.5, limit: int | None = None) -> dict:
+             threshold: float | None = None, limit: int | None = None) -> dict:
     from engine.model.checkpoint import load_model
 
     items = READERS[fmt](anno, videos)[:limit]
     model = load_model(model_dir)
+    threshold = model.config.default_threshold if threshold is None else threshold
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mean_wh = _mean_box_size(items)

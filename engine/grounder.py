@@ -97,7 +97,7 @@ class WindowGrounder:
         start_ts = window.start_ms / 1000.0
         out = []
         for q, g in zip(queries, results):
-            matched = g.score >= q.threshold
+            matched = g.score >= (q.threshold if q.threshold is not None else self.model.config.default_threshold)
             boxes = ()
             span = None
             if matched:

@@ -28,7 +28,7 @@ class StandingQuery:
     id: str
     text: str
     cameras: tuple[str, ...] = ("*",)  # ("*",): every camera
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model's calibrated default
     min_duration_s: float = 0.0
     cooldown_s: float = 4.0
     created_at: float = field(default=0.0)
@@ -74,8 +74,11 @@ def validate_query(data: dict, now: float | None = None) -> StandingQuery:
     except ValueError as exc:
         raise QueryError(f"cameras: {exc}") from None
     numbers = {}
-    for name, default, upper in (("threshold", 0.5, 1.0), ("min_duration_s", 0.0, None), ("cooldown_s", 4.0, None)):
+    for name, default, upper in (("threshold", None, 1.0), ("min_duration_s", 0.0, None), ("cooldown_s", 4.0, None)):
         v = data.get(name, default)
+        if v is None and name == "threshold":
+            numbers[name] = None
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise QueryError(f"{name}: must be a number")
         if v < 0 or (upper is not None and v > upper):

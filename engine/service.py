@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 DEMO_CAMERA = CameraSettings(id="demo", url="synthetic://demo?fps=10")
 DEMO_QUERIES = [
-    {"id": "red-circle", "text": "the red circle moving right", "threshold": 0.5, "cooldown_s": 2.0},
-    {"id": "yellow-triangle", "text": "the yellow triangle moving down", "threshold": 0.5, "cooldown_s": 2.0},
-    {"id": "blue-square", "text": "the blue square", "threshold": 0.5, "cooldown_s": 2.0},
-    {"id": "green-triangle", "text": "the green triangle moving up", "threshold": 0.5, "cooldown_s": 2.0},  # never shown
+    {"id": "red-circle", "text": "the red circle moving right", "cooldown_s": 2.0},
+    {"id": "yellow-triangle", "text": "the yellow triangle moving down", "cooldown_s": 2.0},
+    {"id": "blue-square", "text": "the blue square", "cooldown_s": 2.0},
+    {"id": "green-triangle", "text": "the green triangle moving up", "cooldown_s": 2.0},  # never shown
 ]
 
 
@@ -82,7 +82,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     registry = QueryRegistry(client, keys)
     for spec in (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES:
         q = registry.add(validate_query(spec))
-        echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} (threshold {q.threshold})")
+        echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} (threshold {q.threshold if q.threshold is not None else 'model default'})")
     ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=stop)
     engine = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(format_event(e)))
     echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); Ctrl-C stops")

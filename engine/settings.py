@@ -32,7 +32,7 @@ class QuerySpec(Strict):
     id: str | None = None
     text: str
     cameras: list[str] = ["*"]
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the model's calibrated default
     min_duration_s: float = 0.0
     cooldown_s: float = 4.0
 

@@ -75,6 +75,7 @@ class SpaceVLLMConfig:
     max_time_s: float = 60.0  # time tokens 0.0 .. max_time_s in 0.1 s steps (word-level tokenizer)
     prompt_order: PromptOrder = PromptOrder.VIDEO_FIRST
     max_question_tokens: int = 48
+    default_threshold: float = 0.5  # match score threshold, calibrated on held-out samples after training
     base_checkpoint: str | None = None  # 7B: local LLaVA-OneVision directory (transformers format)
 
     @property

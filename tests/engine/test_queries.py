@@ -37,7 +37,7 @@ def test_validate_query_rejects_with_a_clear_message(data, message):
 
 def test_validate_query_trims_and_fills_defaults():
     q = validate_query({"text": "  the red   circle ", "id": "q1"}, now=5.0)
-    assert (q.text, q.cameras, q.threshold, q.created_at) == ("the red circle", ("*",), 0.5, 5.0)
+    assert (q.text, q.cameras, q.threshold, q.created_at) == ("the red circle", ("*",), None, 5.0)
     assert q.applies_to("anything")
     assert validate_query({"text": "x", "cameras": "c1"}).applies_to("c1") and not validate_query({"text": "x", "cameras": "c1"}).applies_to("c2")
 
