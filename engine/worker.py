@@ -125,6 +125,10 @@ class EngineWorker:
         res = self.client.xautoclaim(self.keys.windows(), self.settings.group, self.consumer,
                                      min_idle_time=self.settings.claim_idle_ms, start_id="0-0", count=1)
         claimed = [(i, f) for i, f in res[1] if f]
+        gone = [i for i, f in res[1] if not f]  # trimmed from the stream while pending (Redis 6.2 returns them empty)
+        if gone:
+            log.warning("%d pending window entries were trimmed before processing; acknowledging them", len(gone))
+            self.client.xack(self.keys.windows(), self.settings.group, *gone)
         for entry_id, _ in claimed:
             log.info("claimed stale window entry %s", entry_id)
         return claimed
