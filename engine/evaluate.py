@@ -103,31 +103,37 @@ def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     mean_wh = _mean_box_size(items)
     rows = {"model": [], "baseline": []}
+    scored = []  # (score, row as if matched, row as if not matched): metrics at any threshold without re-running
     predictions, latencies = {}, []
     for it in tqdm(items, desc=f"eval {fmt}", dynamic_ncols=True):
         if it.task == "rec":
-            frames, fps, wh = [_decode_image(it.media)], 1.0, None
+            frames, fps = [_decode_image(it.media)], 1.0
             wh = (frames[0].shape[1], frames[0].shape[0])
         else:
             frames, fps, wh = decode_video(it.media)
         fps = it.fps or fps
         t0 = time.perf_counter()
         if it.task == "rec":
-            pred = _predict_image(model, frames[0], it.caption, threshold)
+            full = _predict_image(model, frames[0], it.caption, 0.0)
         else:
-            pred = predict_video(model, frames, fps, it.caption, threshold, task="vtg" if it.task == "vtg" else "stvg")
+            full = predict_video(model, frames, fps, it.caption, 0.0, task="vtg" if it.task == "vtg" else "stvg")
         latencies.append(time.perf_counter() - t0)
+        pred = full if full.score >= threshold else Prediction(full.score, None, None, {})
         base = baseline_prediction(it, len(frames), wh, mean_wh)
-        for key, p in (("model", pred), ("baseline", base)):
-            rows[key].append(_score(it, p, fps))
+        rows["model"].append(_score(it, pred, fps))
+        rows["baseline"].append(_score(it, base, fps))
+        scored.append((full.score, _score(it, full, fps), _score(it, Prediction(full.score, None, None, {}), fps)))
         if pred.span is not None:
             predictions[it.vid] = {"st_frame": pred.span[0], "ed_frame": pred.span[1],
                                    "bbox": {str(f): [round(v, 1) for v in b] for f, b in pred.boxes.items()}}
     metrics = {key: _summary(fmt, r) for key, r in rows.items()}
     metrics["model"]["latency_ms_median"] = float(np.median(latencies) * 1000) if latencies else 0.0
+    sweep = {f"{t:.2f}": _summary(fmt, [hit if s >= t else miss for s, hit, miss in scored])
+             for t in np.round(np.arange(0.0, 1.0, 0.05), 2)}
     result = {**metrics["model"], "n_videos": len(items), "threshold": threshold, "baseline": metrics["baseline"]}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "predictions.json").write_text(json.dumps(predictions) + "\n")
+    (out / "threshold_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
     return result
 
 
