@@ -52,15 +52,18 @@ class IngestService:
                 signal.signal(sig, lambda *_: self.stop_event.set())
         self.start()
         started = time.monotonic()
+        last_beat = 0.0
         try:
             while not self.stop_event.is_set():
-                self.heartbeat()
+                if time.monotonic() - last_beat >= self.settings.heartbeat_s:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
                 if not any(w.is_alive() for w in self.workers):
                     log.info("every camera has ended")
                     break
                 if max_seconds is not None and time.monotonic() - started >= max_seconds:
                     break
-                self.stop_event.wait(self.settings.heartbeat_s)
+                self.stop_event.wait(0.05)  # notice ended cameras promptly; heartbeat every heartbeat_s
         finally:
             self.teardown()
 

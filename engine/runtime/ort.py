@@ -38,6 +38,8 @@ class OrtBackend:
         self.manifest = validate_manifest(onnx_dir)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the LLM runs in PyTorch between calls: spinning ORT worker threads would steal its cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = threads
         self.providers = choose_providers(ort.get_available_providers(), providers)
