@@ -249,7 +249,8 @@ def query_ls(config_path, redis_url) -> None:
 
     client, keys = _client(config_path, redis_url)
     for q in GroundingClient(client, keys).list_queries():
-        click.echo(f"{q.id}\t{','.join(q.cameras)}\tthreshold={q.threshold}\t{q.text}")
+        shown = q.threshold if q.threshold is not None else "model-default"
+        click.echo(f"{q.id}\t{','.join(q.cameras)}\tthreshold={shown}\t{q.text}")
 
 
 @query.command("rm")
