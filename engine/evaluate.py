@@ -34,15 +34,15 @@ class Prediction:
     boxes: dict  # frame -> xyxy pixels
 
 
-def decode_video(path: Path) -> tuple[list[np.ndarray], float, tuple[int, int]]:
+def decode_video(path: Path) -> tuple[list[av.VideoFrame], float, tuple[int, int]]:
+    """Every decoded frame (still in the codec's format: only the sampled ones are converted to RGB)."""
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         fps = float(stream.average_rate or 25)
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+        frames = list(c.decode(stream))
     if not frames:
         raise ValueError(f"{path}: no frames decoded")
-    h, w = frames[0].shape[:2]
-    return frames, fps, (w, h)
+    return frames, fps, (frames[0].width, frames[0].height)
 
 
 def sample_indices(n_frames: int, count: int) -> list[int]:
@@ -60,16 +60,16 @@ def densify(sampled_idx: list[int], boxes_xyxy: np.ndarray, first: int, last: in
     return out
 
 
-def predict_video(model, frames: list[np.ndarray], fps: float, caption: str, threshold: float, task: str = "stvg") -> Prediction:
+def predict_video(model, frames: list[av.VideoFrame], fps: float, caption: str, task: str = "stvg") -> Prediction:
+    """The model's answer, always with a span and boxes (the caller applies the threshold to `score`)."""
     n = len(frames)
-    h, w = frames[0].shape[:2]
+    w, h = frames[0].width, frames[0].height
     idx = sample_indices(n, model.config.max_frames)
     size = model.config.vision.image_size
-    px = torch.from_numpy(np.stack([resize(frames[i], size) for i in idx])).permute(0, 3, 1, 2).float() / 255.0
+    rgb = [resize(frames[i].to_ndarray(format="rgb24"), size) for i in idx]
+    px = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255.0
     ts = [i / fps for i in idx]
     g = model.ground(model.encode_window(px, ts), [caption], task=task)[0]
-    if g.score < threshold:
-        return Prediction(g.score, None, None, {})
     s, e = g.span_s
     first = min(n - 1, max(0, int(np.ceil(s * fps - 1e-6))))
     last = min(n - 1, max(first, int(np.floor(e * fps + 1e-6))))
@@ -114,9 +114,9 @@ def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Pa
         fps = it.fps or fps
         t0 = time.perf_counter()
         if it.task == "rec":
-            full = _predict_image(model, frames[0], it.caption, 0.0)
+            full = _predict_image(model, frames[0], it.caption)
         else:
-            full = predict_video(model, frames, fps, it.caption, 0.0, task="vtg" if it.task == "vtg" else "stvg")
+            full = predict_video(model, frames, fps, it.caption, task="vtg" if it.task == "vtg" else "stvg")
         latencies.append(time.perf_counter() - t0)
         pred = full if full.score >= threshold else Prediction(full.score, None, None, {})
         base = baseline_prediction(it, len(frames), wh, mean_wh)
@@ -142,13 +142,11 @@ def _decode_image(path: Path) -> np.ndarray:
         return next(c.decode(video=0)).to_ndarray(format="rgb24")
 
 
-def _predict_image(model, image: np.ndarray, caption: str, threshold: float) -> Prediction:
+def _predict_image(model, image: np.ndarray, caption: str) -> Prediction:
     h, w = image.shape[:2]
     size = model.config.vision.image_size
     px = torch.from_numpy(resize(image, size)).permute(2, 0, 1)[None].float() / 255.0
     g = model.ground_from_scratch(px, [], caption, task="rec")
-    if g.score < threshold:
-        return Prediction(g.score, None, None, {})
     box = cxcywh_to_xyxy(g.all_boxes_cxcywh[0].numpy().astype(np.float64)).clip(0, 1) * np.array([w, h, w, h])
     return Prediction(g.score, (1, 1), (0.0, 0.0), {1: box.tolist()})
 

@@ -65,7 +65,8 @@ class WindowGrounder:
 
     def visual_tokens(self, window: Window, frames: list[bytes | None]) -> torch.Tensor:
         keys = [self.keys.frame(window.camera_id, ts) for ts in window.frames_ms]
-        missing = [k for k, (key, data) in enumerate(zip(keys, frames)) if self.cache.get(key) is None]
+        tokens = [self.cache.get(key) for key in keys]  # one lookup per frame
+        missing = [k for k, t in enumerate(tokens) if t is None]
         if any(frames[k] is None for k in missing):
             gone = sum(frames[k] is None for k in missing)
             raise MissingFrames(f"window {window.window_id}: {gone} of {len(frames)} frames expired before processing")
@@ -75,12 +76,12 @@ class WindowGrounder:
             size = self.model.config.vision.image_size
             if px.shape[-1] != size:
                 px = torch.nn.functional.interpolate(px, size=(size, size), mode="area")
-            tokens = self.backend.encode_frames(px)
-            for k, t in zip(missing, tokens):
+            for k, t in zip(missing, self.backend.encode_frames(px)):
                 self.cache.put(keys[k], t)
+                tokens[k] = t
             self.stats.frames_encoded += len(missing)
         self.stats.cache_hits += len(keys) - len(missing)
-        return torch.stack([self.cache.get(k) for k in keys])
+        return torch.stack(tokens)
 
     def ground(self, window: Window, frames: list[bytes | None], queries: list[StandingQuery]) -> list[Observation]:
         self.stats.windows += 1

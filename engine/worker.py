@@ -170,21 +170,28 @@ class EngineWorker:
         return events
 
     def _commit(self, window: Window, queries, observations, done_key: str) -> list[GroundingEvent]:
-        state_keys = [self.keys.event_state(window.camera_id, q.id) for q in queries]
+        def step(states):
+            moved = [advance(st, obs, q, window.camera_id, self.model_name) for q, st, obs in zip(queries, states, observations)]
+            return [m[0] for m in moved], [e for m in moved for e in m[1]]
+
+        return self._transition([self.keys.event_state(window.camera_id, q.id) for q in queries], step, done_key)
+
+    def _transition(self, state_keys: list[str], step, done_key: str | None = None) -> list[GroundingEvent]:
+        """Optimistic transaction: read the event states under WATCH, compute the next ones with `step`, write
+        them with their events (and the window's done marker) in one MULTI; recompute when another worker won."""
+        watched = [done_key, *state_keys] if done_key else list(state_keys)
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(done_key, *state_keys)
-                    if pipe.exists(done_key):
+                    pipe.watch(*watched)
+                    if done_key and pipe.exists(done_key):
                         pipe.unwatch()
                         return []
                     states = [EventState.from_json(pipe.get(k)) for k in state_keys]
-                    events: list[GroundingEvent] = []
-                    new_states = []
-                    for q, st, obs in zip(queries, states, observations):
-                        nst, evs = advance(st, obs, q, window.camera_id, self.model_name)
-                        new_states.append(nst)
-                        events += evs
+                    new_states, events = step(states)
+                    if done_key is None and not events and new_states == states:
+                        pipe.unwatch()
+                        return []
                     pipe.multi()
                     for k, st in zip(state_keys, new_states):
                         if st.open:
@@ -192,11 +199,12 @@ class EngineWorker:
                         else:
                             pipe.delete(k)
                     self._publish(pipe, events)
-                    pipe.set(done_key, "1", ex=DONE_TTL_S)
+                    if done_key:
+                        pipe.set(done_key, "1", ex=DONE_TTL_S)
                     pipe.execute()
                     return events
                 except redis.WatchError:
-                    continue  # another worker moved one of these events on: recompute the lifecycle
+                    continue  # another worker moved one of these events on: recompute
 
     def _publish(self, pipe, events: list[GroundingEvent]) -> None:
         minid = f"{int((time.time() - self.settings.events_retention_s) * 1000)}-0"
@@ -219,22 +227,13 @@ class EngineWorker:
                 self.end_event(cam, q, reason="camera stopped")
 
     def end_event(self, camera_id: str, query: StandingQuery, reason: str) -> list[GroundingEvent]:
-        key = self.keys.event_state(camera_id, query.id)
-        while True:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(key)
-                    st = EventState.from_json(pipe.get(key))
-                    if not st.open:
-                        pipe.unwatch()
-                        return []
-                    _, events = close(st, query, camera_id, f"{camera_id}:{reason.replace(' ', '-')}", self.model_name)
-                    pipe.multi()
-                    pipe.delete(key)
-                    self._publish(pipe, events)
-                    pipe.execute()
-                    for e in events:
-                        self.on_event(e)
-                    return events
-                except redis.WatchError:
-                    continue
+        window_id = f"{camera_id}:{reason.replace(' ', '-')}"
+
+        def step(states):
+            new_state, events = close(states[0], query, camera_id, window_id, self.model_name)
+            return [new_state], events
+
+        events = self._transition([self.keys.event_state(camera_id, query.id)], step)
+        for e in events:
+            self.on_event(e)
+        return events

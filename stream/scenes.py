@@ -22,6 +22,7 @@ COLOURS = {
 }
 SIZES = {"small": (0.10, 0.14), "large": (0.22, 0.30)}  # side as a fraction of min(width, height)
 DIRECTIONS = ("left", "right", "up", "down", "still")
+VELOCITY = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}  # unit vectors, image axes
 BACKGROUNDS = ("flat", "gradient", "noise", "texture")
 RESOLUTIONS_WH = ((160, 120), (256, 144), (320, 240), (426, 240), (640, 360), (640, 480), (854, 480), (1280, 720))
 
@@ -39,7 +40,13 @@ class SceneObject:
     t_out: float
 
     def velocity(self) -> tuple[float, float]:
-        return {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[self.direction]
+        return VELOCITY[self.direction]
+
+    def centre_at(self, t: float) -> tuple[float, float]:
+        """Centre in pixels at time t (straight-line motion from `start_xy` at `t_in`)."""
+        vx, vy = VELOCITY[self.direction]
+        dt = t - self.t_in
+        return self.start_xy[0] + vx * self.speed_px_s * dt, self.start_xy[1] + vy * self.speed_px_s * dt
 
     def present(self, t: float) -> bool:
         return self.t_in <= t <= self.t_out
@@ -66,9 +73,7 @@ def box_at(obj: SceneObject, t: float, width: int, height: int) -> tuple[float, 
     """The object's `xyxy` pixel box at time t, clipped to the frame; None when absent."""
     if not obj.present(t):
         return None
-    vx, vy = obj.velocity()
-    dt = t - obj.t_in
-    cx, cy = obj.start_xy[0] + vx * obj.speed_px_s * dt, obj.start_xy[1] + vy * obj.speed_px_s * dt
+    cx, cy = obj.centre_at(t)
     h = obj.side_px / 2
     x1, y1, x2, y2 = max(0.0, cx - h), max(0.0, cy - h), min(float(width), cx + h), min(float(height), cy + h)
     if x2 - x1 < 1 or y2 - y1 < 1:
@@ -128,9 +133,7 @@ def render_frame(scene: Scene, t: float, rng: np.random.Generator | None = None)
 
 
 def _draw(img: np.ndarray, obj: SceneObject, t: float, scene: Scene) -> None:
-    vx, vy = obj.velocity()
-    dt = t - obj.t_in
-    cx, cy = obj.start_xy[0] + vx * obj.speed_px_s * dt, obj.start_xy[1] + vy * obj.speed_px_s * dt
+    cx, cy = obj.centre_at(t)
     half = obj.side_px / 2
     x0, x1 = max(0, int(math.floor(cx - half))), min(scene.width, int(math.ceil(cx + half)) + 1)
     y0, y1 = max(0, int(math.floor(cy - half))), min(scene.height, int(math.ceil(cy + half)) + 1)
@@ -207,7 +210,7 @@ def random_scene(rng: np.random.Generator, duration_s: float, resolution_wh: tup
             t_out = t_in + span
         speed = 0.0 if direction == "still" else float(rng.uniform(0.06, 0.16) * side_ref)
         travel = speed * (t_out - t_in)
-        vx, vy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[direction]
+        vx, vy = VELOCITY[direction]
         half = side / 2
         # start so that the whole path stays inside the frame (shrink speed when it cannot)
         span_x = w - 2 * half - abs(vx) * travel

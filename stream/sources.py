@@ -83,15 +83,15 @@ class PyAVSource:
             stream = self.container.streams.video[0]
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             period = 1.0 / rate if rate > 0 else 0.04
-            last = None
+            last = first = None
             started = time.monotonic()
             try:
                 for frame in self.container.decode(stream):
                     pts = float(frame.time) if frame.time is not None else (last + period if last is not None else 0.0)
                     last = pts
                     if self.realtime:
-                        delay = (pts - (frame_first := getattr(self, "_first_pts", None) or pts)) - (time.monotonic() - started)
-                        self._first_pts = frame_first
+                        first = pts if first is None else first
+                        delay = (pts - first) - (time.monotonic() - started)
                         if delay > 0:
                             time.sleep(delay)
                     yield RawFrame(frame.to_ndarray(format="rgb24"), pts + offset, period)
@@ -104,7 +104,6 @@ class PyAVSource:
             if not self.loop:
                 raise SourceEnded(self.url)
             offset += (last or 0.0) + period
-            self._first_pts = None
             self.container.close()
             self.container = self._open()
 

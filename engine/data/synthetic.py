@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from stream.imagecodec import resize
 from stream.scenes import COLOURS, DIRECTIONS, RESOLUTIONS_WH, SHAPES, SIZES, Scene, box_at, describe, matches, random_scene, render_frame, unambiguous_caption
 
 TASKS = ("stvg", "vtg", "rec")
@@ -26,12 +27,6 @@ class Sample:
     boxes_cxcywh: np.ndarray  # (T, 4) normalised, zeros where the target is absent
     present: np.ndarray  # (T,) bool: the target is visible in the frame
     in_span: np.ndarray  # (T,) bool: the frame lies inside the ground-truth span
-
-
-def resize_rgb(frame: np.ndarray, size: int) -> np.ndarray:
-    """Area-resize an RGB uint8 frame to size x size (swscale through PyAV)."""
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return vf.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
 
 
 def h264_roundtrip(frames: list[np.ndarray], fps: int, crf: int) -> list[np.ndarray]:
@@ -87,7 +82,7 @@ def render_clip(scene: Scene, timestamps_s, size: int, compress: bool, rng: np.r
     if compress:
         fps = max(1, round(len(timestamps_s) / max(scene.duration_s, 1e-3)))
         frames = h264_roundtrip(frames, fps, int(rng.integers(18, 36)))
-    return np.stack([resize_rgb(f, size) for f in frames])
+    return np.stack([resize(f, size) for f in frames])
 
 
 def target_labels(scene: Scene, target, timestamps_s) -> tuple[np.ndarray, np.ndarray]:

@@ -68,15 +68,6 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     if not d.is_dir():
         raise CheckpointError(f"model directory {d} does not exist")
     refuse_pickle(d)
-    base = _base_checkpoint(d)
-    if base is not None:  # a 7B directory: base weights from a local LLaVA-OneVision checkpoint, heads from here
-        from engine.model.llava_onevision import load_from_llava_onevision
-
-        heads = d / "model.safetensors"
-        return load_from_llava_onevision(load_config(d / "config.json"), base, heads if heads.is_file() else None)
-    for name in ("model.safetensors", "tokenizer.json"):
-        if not (d / name).is_file():
-            raise CheckpointError(f"{d}: missing {name}")
     cfg_path = d / "config.json" if (d / "config.json").is_file() else d / "config.yaml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{d}: missing config.json")
@@ -84,6 +75,15 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
         config = load_config(cfg_path)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    if config.base_checkpoint:  # a 7B directory: base weights from a local LLaVA-OneVision checkpoint, heads from here
+        from engine.model.llava_onevision import load_from_llava_onevision
+
+        heads = d / "model.safetensors"
+        return load_from_llava_onevision(config, _base_dir(d, cfg_path, config.base_checkpoint),
+                                         heads if heads.is_file() else None)
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: missing {name}")
     tok = load_tokenizer(d / "tokenizer.json")
     model = build_spacevllm(config, tok)
     state = load_file(str(d / "model.safetensors"))
@@ -96,19 +96,10 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     return model.eval()
 
 
-def _base_checkpoint(d: Path) -> Path | None:
-    cfg = d / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        base = load_config(cfg).base_checkpoint
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{cfg}: {exc}") from exc
-    if not base:
-        return None
+def _base_dir(d: Path, cfg_path: Path, base: str) -> Path:
     path = Path(base) if Path(base).is_absolute() else d / base
     if not path.is_dir():
-        raise CheckpointError(f"{cfg}: base_checkpoint {base!r} is not a local directory (nothing is downloaded)")
+        raise CheckpointError(f"{cfg_path}: base_checkpoint {base!r} is not a local directory (nothing is downloaded)")
     return path
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model.tokenizer import PromptVocab, TASK_PREFIX, time_token
+from engine.model.tokenizer import PromptVocab, TASK_PREFIX
 
 
 def video_prefix_ids(vocab: PromptVocab, tok, timestamps_s: list[float], tokens_per_frame: int) -> list[int]:
@@ -17,7 +17,7 @@ def video_prefix_ids(vocab: PromptVocab, tok, timestamps_s: list[float], tokens_
         return [vocab.image] + [vocab.img] * tokens_per_frame + [vocab.st_img]
     ids = [vocab.video]
     for ts in timestamps_s:
-        ids.append(tok.token_to_id(time_token(ts)) if tok.token_to_id(time_token(ts)) is not None else vocab.time_ids[-1])
+        ids.append(vocab.time_id(ts))
         ids.extend([vocab.img] * tokens_per_frame)
         ids.append(vocab.st)
     return ids
@@ -33,7 +33,7 @@ def answer_ids(vocab: PromptVocab, tok, span_s: tuple[float, float] | None) -> l
     if span_s is None:
         return [vocab.none, vocab.eos]
     s, e = span_s
-    return [vocab.from_, tok.token_to_id(time_token(s)), vocab.to, tok.token_to_id(time_token(e)), vocab.eos]
+    return [vocab.from_, vocab.time_id(s), vocab.to, vocab.time_id(e), vocab.eos]
 
 
 def splice(

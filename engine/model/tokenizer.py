@@ -71,6 +71,10 @@ class PromptVocab:
     to: int
     time_ids: tuple[int, ...]  # time_ids[k] is the token of k / 10 seconds
 
+    def time_id(self, seconds: float) -> int:
+        """The token of `seconds` at one decimal (as `time_token` writes it), clamped to the vocabulary."""
+        return self.time_ids[min(int(round(float(time_token(seconds)) * 10)), len(self.time_ids) - 1)]
+
     @classmethod
     def from_tokenizer(cls, tok: Tokenizer, max_time_s: float) -> "PromptVocab":
         def tid(token: str) -> int:
