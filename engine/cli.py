@@ -32,7 +32,8 @@ def main(verbose: bool) -> None:
 @click.option("--threads", default=0, help="Torch threads (0: default).")
 @click.option("--task-mix", default="0.45,0.15,0.4", show_default=True, help="Shares of STVG, VTG, REC batches.")
 @click.option("--rec-batch-size", default=64, show_default=True, help="Batch size of single-image (REC) batches.")
-def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size) -> None:
+@click.option("--negative-rate", default=0.3, show_default=True, help="Share of samples whose caption matches nothing.")
+def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size, negative_rate) -> None:
     """Train a model on synthetic Uni-STG scenes."""
     import torch
 
@@ -46,8 +47,10 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
         assert len(mix) == 3 and min(mix) >= 0 and sum(mix) > 0
     except (ValueError, AssertionError):
         raise click.BadParameter("three non-negative numbers, e.g. 0.45,0.15,0.4", param_hint="--task-mix") from None
+    if not 0 <= negative_rate < 1:
+        raise click.BadParameter("a share in [0, 1)", param_hint="--negative-rate")
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
-                             task_mix=mix, rec_batch_size=rec_batch_size)
+                             task_mix=mix, rec_batch_size=rec_batch_size, negative_rate=negative_rate)
     metrics = run(load_config(config_path), Path(out), settings, resume=resume)
     click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 

@@ -46,7 +46,7 @@ class TrainSettings:
     frames: int = 16
     task_mix: tuple[float, float, float] = (0.45, 0.15, 0.4)  # stvg, vtg, rec
     rec_batch_size: int = 64  # single images are ~16x cheaper than clips: bigger batches teach the visual words fast
-    negative_rate: float = 0.2
+    negative_rate: float = 0.3
     checkpoint_every: int = 250
     eval_samples: int = 64
     max_minutes: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 = no limit
@@ -164,7 +164,7 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=settings.lr, betas=(0.9, 0.98))
     step, elapsed = (load_train_state(out, model, opt) if resume and (out / "train_state.json").is_file() else (0, 0.0))
-    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size, model.config.pooled_grid)
+    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size, model.config.frame_grid)
     tok, vocab, p = model.tokenizer, model.vocab, model.config.tokens_per_frame
 
     def make(index: int) -> Batch:
@@ -186,7 +186,8 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
                 g["lr"] = lr_at(step, settings)
             t0 = time.monotonic()
             outp = model(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
-            terms = crit(outp.logits, batch.labels, outp.decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence)
+            terms = crit(outp.logits, batch.labels, outp.decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence,
+                         outp.answer_presence_logits)
             opt.zero_grad(set_to_none=True)
             terms.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -8,6 +8,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from engine.model.config import SpaceVLLMConfig
 from export.onnx_export import DECODER_FILE, MANIFEST, VISION_FILE, validate_manifest
 from export.tensorrt import default_profile
 
@@ -27,7 +28,7 @@ def _shape(dims) -> str:
 def build_script(manifest: dict, precision: str, workspace_mib: int) -> str:
     cfg = manifest["model_config"]
     prof = default_profile(cfg)
-    s, p, d = cfg["vision"]["image_size"], cfg["pooled_grid"] ** 2, cfg["llm"]["hidden_size"]
+    s, p, d = cfg["vision"]["image_size"], SpaceVLLMConfig.from_dict(cfg).frame_tokens, cfg["llm"]["hidden_size"]
     flags = {"fp16": "--fp16", "int8": "--int8 --fp16 --calib=calibration.cache", "fp32": ""}[precision]
     vis = [f"pixels:{_shape((f, 3, s, s))}" for f in prof.frames]
     dec = [",".join([f"stq_states:{_shape((b, f, d))}", f"visual_tokens:{_shape((b, f, p, d))}",

@@ -27,7 +27,7 @@ DECODER_OUTPUTS = ["boxes_cxcywh", "presence_logits", "heatmap_logits"]
 
 
 class VisionGraph(nn.Module):
-    """frames (N, 3, S, S) in [0, 1] -> projected, pooled visual tokens (N, P, D)."""
+    """frames (N, 3, S, S) in [0, 1] -> projected frame tokens (N, G, D) (pooled for the LLM in PyTorch)."""
 
     def __init__(self, model: SpaceVLLM) -> None:
         super().__init__()
@@ -72,7 +72,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, progress=lambda msg: Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    s, d, p = cfg.vision.image_size, model.language_model.config.hidden_size, cfg.tokens_per_frame
+    s, d, p = cfg.vision.image_size, model.language_model.config.hidden_size, cfg.frame_tokens
     frames = Dim("frames", min=1, max=max(cfg.max_frames, 64))
     batch = Dim("batch", min=1, max=256)
     qlen = Dim("question_len", min=1, max=max(cfg.max_question_tokens, 8))

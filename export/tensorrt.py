@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.model.config import SpaceVLLMConfig
+
 log = logging.getLogger(__name__)
 
 ENGINE_MANIFEST = "trt_manifest.json"
@@ -125,7 +127,7 @@ def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8
     profile = profile or default_profile(cfg)
     out.mkdir(parents=True, exist_ok=True)
     s = int(cfg["vision"]["image_size"])
-    p = int(cfg["pooled_grid"]) ** 2
+    p = SpaceVLLMConfig.from_dict(cfg).frame_tokens
     d = int(cfg["llm"]["hidden_size"])
     logger = trt.Logger(trt.Logger.WARNING)
     shapes = {

@@ -12,7 +12,7 @@ TINY_TEST_CONFIG = SpaceVLLMConfig(
     name="test",
     vision=VisionConfig(kind="conv", image_size=32, channels=32, grid=8),
     llm=LLMConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64),
-    decoder=DecoderConfig(width=32, num_layers=1, num_heads=2),
+    decoder=DecoderConfig(width=32, num_layers=1, num_heads=2, full_grid=True),
     pooled_grid=4,
     max_frames=8,
     max_time_s=20.0,

@@ -61,6 +61,9 @@ def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
         raise CheckpointError(f"{where}: " + "; ".join(problems))
 
 
+TRAINING_ONLY = ("answer_probe_",)  # parameters with no inference role: a checkpoint may leave them out
+
+
 def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
     """Load a model directory. `allow_missing`: name prefixes of parameters a newer architecture added
     (kept at their initialisation; training resumes use it, inference never does)."""
@@ -91,6 +94,7 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
     if kept:
         log.warning("keeping %d newly added tensors at initialisation: %s", len(kept), sorted(kept))
+    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(TRAINING_ONLY)})
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()

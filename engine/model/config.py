@@ -51,6 +51,9 @@ class DecoderConfig:
     width: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    # read the vision encoder's full patch grid (8x8 for tiny) instead of the LLM's pooled tokens:
+    # finer boxes for small objects; the frame cache then holds the full grid and pools for the LLM
+    full_grid: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class LossConfig:
     giou: float = 2.0
     presence: float = 1.0  # auxiliary: is the target present in this frame
     heatmap: float = 1.0  # auxiliary: which visual token holds the target's centre
+    answer_presence: float = 0.0  # auxiliary: the answer position's state tells which frames hold the target
+    first_answer_token: float = 0.0  # extra weight on the first answer token (`none` or `from`)
     time_sigma_s: float = 0.3  # soft targets over neighbouring time tokens (seconds)
 
 
@@ -80,7 +85,17 @@ class SpaceVLLMConfig:
 
     @property
     def tokens_per_frame(self) -> int:
+        """Visual tokens per frame in the LLM sequence."""
         return self.pooled_grid * self.pooled_grid
+
+    @property
+    def frame_grid(self) -> int:
+        """Side of the token grid the vision encoder hands out (and the frame cache and space decoder hold)."""
+        return self.vision.grid if self.decoder.full_grid else self.pooled_grid
+
+    @property
+    def frame_tokens(self) -> int:
+        return self.frame_grid * self.frame_grid
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

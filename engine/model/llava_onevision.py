@@ -90,7 +90,7 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
     tok, base_vocab = load_prompt_tokenizer(d, config.max_time_s)
     vision = SiglipEncoder(SiglipVisionModel(vcfg), feature_layer=int(raw.get("vision_feature_layer", -1)))
     llm = Qwen2ForCausalLM(tcfg)
-    decoder = build_space_decoder(tcfg.hidden_size, config.decoder, config.pooled_grid)
+    decoder = build_space_decoder(tcfg.hidden_size, config.decoder, config.frame_grid)
     model = SpaceVLLM(config, tok, vision, llm, decoder)
     state = read_base_state(d)
     if any(k.startswith("vision_tower.model.vision_model.") for k in model.state_dict()):  # transformers 4.x layout

@@ -22,13 +22,15 @@ class LossTerms:
     giou: torch.Tensor
     presence: torch.Tensor
     heatmap: torch.Tensor
+    answer_presence: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "lm", "l1", "giou", "presence", "heatmap")}
+        names = ("total", "lm", "l1", "giou", "presence", "heatmap", "answer_presence")
+        return {k: float(getattr(self, k).detach()) for k in names}
 
 
 class SpaceVLLMCriterion(nn.Module):
-    def __init__(self, cfg: LossConfig, time_ids: tuple[int, ...], vocab_size: int, pooled_grid: int) -> None:
+    def __init__(self, cfg: LossConfig, time_ids: tuple[int, ...], vocab_size: int, grid: int) -> None:
         super().__init__()
         self.cfg = cfg
         # soft target rows for time tokens: row k is a Gaussian (sigma in 0.1 s steps) over time ids
@@ -41,13 +43,14 @@ class SpaceVLLMCriterion(nn.Module):
         lookup = torch.full((vocab_size,), -1, dtype=torch.long)
         lookup[torch.tensor(time_ids)] = torch.arange(len(time_ids))
         self.register_buffer("time_index", lookup, persistent=False)
-        self.register_buffer("centres", token_centres(pooled_grid), persistent=False)
+        self.register_buffer("centres", token_centres(grid), persistent=False)
 
-    def forward(self, logits, labels, decoder, gt_boxes_cxcywh, box_mask, presence_target) -> LossTerms:
+    def forward(self, logits, labels, decoder, gt_boxes_cxcywh, box_mask, presence_target, answer_presence_logits=None) -> LossTerms:
         """logits (B, L, V); labels (B, L) with -100 off the answer; decoder outputs for (B, F);
         gt_boxes_cxcywh (B, F, 4); box_mask (B, F) bool: frames inside the ground-truth span that carry
         a box (none for negatives and for VTG, which has spans only); presence_target (B, F) in {0, 1}:
-        the frame lies inside the ground-truth span (all 0 for negatives)."""
+        the frame lies inside the ground-truth span (all 0 for negatives); answer_presence_logits (B, F): the
+        model's training probe on the answer position (`SpaceVLLMOutput.answer_presence_logits`)."""
         # LM: predict token t+1 from position t
         shift_logits = logits[:, :-1].flatten(0, 1)  # (B*(L-1), V)
         shift_labels = labels[:, 1:].flatten()
@@ -61,7 +64,13 @@ class SpaceVLLMCriterion(nn.Module):
             soft = torch.zeros_like(target[is_time])
             soft[:, self.time_ids] = self.soft_time[t_idx[is_time]]
             target[is_time] = soft
-        lm = -(target * lp).sum(-1).mean()
+        per_token = -(target * lp).sum(-1)  # (K,)
+        # the first answer token decides `none` or a match: optionally weigh it more
+        rows = torch.nonzero(labels[:, 1:] != -100)[:, 0]  # (K,) sample of each answer token, in order
+        first = torch.ones_like(rows, dtype=torch.bool)
+        first[1:] = rows[1:] != rows[:-1]
+        weight = 1.0 + self.cfg.first_answer_token * first.to(per_token.dtype)
+        lm = (weight * per_token).sum() / weight.sum()
 
         pred = decoder.boxes_cxcywh  # (B, F, 4)
         m = box_mask
@@ -78,6 +87,11 @@ class SpaceVLLMCriterion(nn.Module):
             zero = pred.sum() * 0
             l1 = giou = heat = zero
         presence = F.binary_cross_entropy_with_logits(decoder.presence_logits, presence_target.to(pred.dtype))
+        if answer_presence_logits is not None:
+            answer_presence = F.binary_cross_entropy_with_logits(answer_presence_logits, presence_target.to(pred.dtype))
+        else:
+            answer_presence = presence * 0
         c = self.cfg
-        total = c.lm * lm + c.l1 * l1 + c.giou * giou + c.presence * presence + c.heatmap * heat
-        return LossTerms(total, lm, l1, giou, presence, heat)
+        total = (c.lm * lm + c.l1 * l1 + c.giou * giou + c.presence * presence + c.heatmap * heat
+                 + c.answer_presence * answer_presence)
+        return LossTerms(total, lm, l1, giou, presence, heat, answer_presence)

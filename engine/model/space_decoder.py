@@ -5,7 +5,10 @@ visual tokens); (b) the frame's STQ cross-attends to those; (c) an MLP outputs
 (cx, cy, w, h) in [0, 1]. With the video before the question, the STQs never see the
 question, so all query conditioning happens here; two additions make it learn fast:
 a per-token target heatmap over the text-enhanced visual tokens (its soft-argmax is the
-reference centre the MLP refines, DETR-style) and a per-frame presence logit.
+reference centre the MLP refines, DETR-style; it adds a direct bilinear match between the
+pooled question and each token) and a per-frame presence logit (from the STQ, the
+heatmap's glimpse and the best match). `grid` is the frame-token grid the decoder reads:
+the LLM's pooled grid, or the encoder's full grid (`decoder.full_grid`) for finer boxes.
 No data-dependent Python control flow: the module exports to ONNX with dynamic frames
 and question length.
 """
@@ -82,9 +85,9 @@ class DecoderLayer(nn.Module):
 
 
 class SpaceDecoder(nn.Module):
-    def __init__(self, hidden: int, width: int, num_layers: int, heads: int, pooled_grid: int) -> None:
+    def __init__(self, hidden: int, width: int, num_layers: int, heads: int, grid: int) -> None:
         super().__init__()
-        p = pooled_grid * pooled_grid
+        p = grid * grid
         self.in_stq = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))
         self.in_vis = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))
         self.in_text = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width))
@@ -92,9 +95,14 @@ class SpaceDecoder(nn.Module):
         self.film = nn.Linear(width, 2 * width)  # pooled question -> scale, shift of visual tokens
         self.layers = nn.ModuleList(DecoderLayer(width, heads) for _ in range(num_layers))
         self.heat = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
-        self.presence = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        # direct query-to-token match: the question's "what" against each token (a bilinear score is the
+        # quickest thing to learn for binding colour and shape words to pixels)
+        self.match_q = nn.Linear(width, width)
+        self.match_k = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
+        self.presence = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, 1))
+        self.presence_match = nn.Parameter(torch.ones(()))  # weight of the best token match in presence
         self.box = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 4))
-        self.register_buffer("centres", token_centres(pooled_grid), persistent=False)  # (P, 2)
+        self.register_buffer("centres", token_centres(grid), persistent=False)  # (P, 2)
 
     def forward(
         self,
@@ -115,20 +123,25 @@ class SpaceDecoder(nn.Module):
         stq = (self.in_stq(stq_states) + pooled[:, None, :]).reshape(b * f, 1, -1)  # (B*F, 1, W)
         for layer in self.layers:
             stq, vis = layer(stq, vis, text, text_bias, f)
-        heat = self.heat(vis).reshape(b, f, p)  # (B, F, P)
+        w = vis.shape[-1]
+        q = self.match_q(pooled)[:, None, :].expand(-1, f, -1).reshape(b * f, w, 1)  # (B*F, W, 1)
+        match = (self.match_k(vis) @ q).reshape(b, f, p) * w**-0.5  # (B, F, P)
+        heat = self.heat(vis).reshape(b, f, p) + match  # (B, F, P)
         ref = heat.softmax(-1) @ self.centres  # (B, F, 2) soft-argmax of the heatmap
         glimpse = (heat.softmax(-1).reshape(b * f, 1, p) @ vis).reshape(b, f, -1)  # (B, F, W)
         stq = stq.reshape(b, f, -1)
-        delta = self.box(torch.cat([stq, glimpse], dim=-1))  # (B, F, 4)
+        both = torch.cat([stq, glimpse], dim=-1)  # (B, F, 2W)
+        delta = self.box(both)  # (B, F, 4)
         ref = ref.clamp(1e-4, 1 - 1e-4)
         centre = torch.sigmoid(torch.log(ref / (1 - ref)) + delta[..., :2])
         size = torch.sigmoid(delta[..., 2:])
         return SpaceDecoderOutput(
             boxes_cxcywh=torch.cat([centre, size], dim=-1),
-            presence_logits=self.presence(stq).squeeze(-1),
+            presence_logits=self.presence(both).squeeze(-1) + self.presence_match * match.amax(-1),
             heatmap_logits=heat,
         )
 
 
-def build_space_decoder(hidden: int, cfg, pooled_grid: int) -> SpaceDecoder:
-    return SpaceDecoder(hidden, cfg.width, cfg.num_layers, cfg.num_heads, pooled_grid)
+def build_space_decoder(hidden: int, cfg, grid: int) -> SpaceDecoder:
+    """`grid`: side of the frame-token grid the decoder reads (`SpaceVLLMConfig.frame_grid`)."""
+    return SpaceDecoder(hidden, cfg.width, cfg.num_layers, cfg.num_heads, grid)

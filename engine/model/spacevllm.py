@@ -29,13 +29,14 @@ from engine.model.vision import build_vision_encoder
 class SpaceVLLMOutput:
     logits: torch.Tensor  # (B, L, V)
     decoder: SpaceDecoderOutput  # boxes for every frame of the clip (teacher-forced)
+    answer_presence_logits: torch.Tensor  # (B, F) training probe: the answer state's view of which frames hold the target
 
 
 @dataclass(frozen=True)
 class WindowPrefix:
     """What one window costs once, shared by every question on it."""
 
-    visual_tokens: torch.Tensor  # (F, P, D)
+    visual_tokens: torch.Tensor  # (F, G, D) frame tokens for the space decoder (G = config.frame_tokens)
     stq_states: torch.Tensor  # (F, D)
     cache: object  # transformers Cache over the prefix, batch 1
     length: int  # prefix tokens
@@ -51,7 +52,7 @@ class Grounding:
     frame_indices: tuple[int, ...]  # sampled frames inside the span
     boxes_cxcywh: tuple[tuple[float, float, float, float], ...]  # one per frame in frame_indices, normalised
     all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes for every frame
-    presence: torch.Tensor  # (F,) per-frame presence probability
+    presence: torch.Tensor  # (F,) per-frame presence probability (space decoder)
 
 
 class SpaceVLLM(nn.Module):
@@ -72,13 +73,28 @@ class SpaceVLLM(nn.Module):
         nn.init.zeros_(self.motion.weight)
         nn.init.zeros_(self.motion.bias)
         self.space_decoder = decoder
+        # training probe (no inference role): from the state that answers, which frames hold the target
+        # (a bilinear score against each frame's STQ state); it teaches that state to find the target
+        probe = max(16, hidden // 2)
+        self.answer_probe_q = nn.Linear(hidden, probe)
+        self.answer_probe_k = nn.Linear(hidden, probe)
 
     # ---- vision -------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> projected, pooled visual tokens (N, P, D)."""
+        """(N, 3, H, W) in [0, 1] -> projected frame tokens (N, G, D) on the `config.frame_grid` grid
+        (what the frame cache holds and the space decoder reads; `llm_tokens` pools them for the LLM)."""
         patches = self.vision_tower(pixels)  # (N, g*g, C)
         tokens = self.projector(patches)  # (N, g*g, D)
-        return pool_grid(tokens, self.vision_tower.grid, self.config.pooled_grid)  # (N, P, D)
+        return pool_grid(tokens, self.vision_tower.grid, self.config.frame_grid)  # (N, G, D)
+
+    def llm_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, F, G, D) frame tokens -> (B, F, P, D) pooled tokens with motion mixed in, for the LLM."""
+        b, f, g, d = frame_tokens.shape
+        vis = frame_tokens
+        if self.config.frame_grid != self.config.pooled_grid:
+            vis = pool_grid(frame_tokens.reshape(b * f, g, d), self.config.frame_grid, self.config.pooled_grid)
+            vis = vis.reshape(b, f, self.config.tokens_per_frame, d)
+        return self.add_motion(vis)
 
     def add_motion(self, vis: torch.Tensor) -> torch.Tensor:
         """(B, F, P, D) per-frame tokens -> tokens with their temporal differences mixed in (same shape)."""
@@ -113,15 +129,24 @@ class SpaceVLLM(nn.Module):
         question_mask: torch.Tensor,  # (B, Lq)
     ) -> SpaceVLLMOutput:
         b, f = pixels.shape[:2]
-        vis = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.tokens_per_frame, -1)  # (B, F, P, D)
-        vis = self.add_motion(vis)
+        frame_tokens = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.frame_tokens, -1)  # (B, F, G, D)
+        vis = self.llm_tokens(frame_tokens)  # (B, F, P, D)
         emb = self._embed(input_ids, vis, f)
         out = self.language_model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, L, D)
         stq_states = last[self._stq_positions(input_ids)].reshape(b, f, -1)  # (B, F, D)
         q_states = torch.gather(last, 1, question_index[..., None].expand(-1, -1, last.shape[-1]))  # (B, Lq, D)
-        dec = self.space_decoder(stq_states, vis, q_states, question_mask)
-        return SpaceVLLMOutput(logits=out.logits, decoder=dec)
+        dec_vis = frame_tokens if self.config.frame_grid != self.config.pooled_grid else vis
+        dec = self.space_decoder(stq_states, dec_vis, q_states, question_mask)
+        last_q = question_mask.sum(1) - 1  # (B,) the last question token predicts the first answer token
+        answer_state = q_states[torch.arange(b), last_q]  # (B, D)
+        return SpaceVLLMOutput(logits=out.logits, decoder=dec, answer_presence_logits=self.answer_presence(answer_state, stq_states))
+
+    def answer_presence(self, answer_state: torch.Tensor, stq_states: torch.Tensor) -> torch.Tensor:
+        """(B, D) answer-position states, (B, F, D) STQ states -> (B, F) logits: the frame holds the target."""
+        q = self.answer_probe_q(answer_state)  # (B, K)
+        k = self.answer_probe_k(stq_states)  # (B, F, K)
+        return (k @ q[..., None]).squeeze(-1) * q.shape[-1] ** -0.5
 
     # ---- inference ----------------------------------------------------------------------
     def prefix_ids(self, timestamps_s: list[float]) -> list[int]:
@@ -135,14 +160,15 @@ class SpaceVLLM(nn.Module):
     def encode_window(self, pixels: torch.Tensor, timestamps_s: list[float], visual_tokens: torch.Tensor | None = None) -> WindowPrefix:
         """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, P, D) may come from a frame cache."""
         if visual_tokens is None:
-            visual_tokens = self.encode_frames(pixels)
-        visual_tokens = self.add_motion(visual_tokens[None])[0]  # (F, P, D)
+            visual_tokens = self.encode_frames(pixels)  # (F, G, D)
+        vis = self.llm_tokens(visual_tokens[None])  # (1, F, P, D)
         f = visual_tokens.shape[0]
         ids = torch.tensor([self.prefix_ids(timestamps_s)])
-        emb = self._embed(ids, visual_tokens[None], f)
+        emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
-        return WindowPrefix(visual_tokens, stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
+        dec_vis = visual_tokens if self.config.frame_grid != self.config.pooled_grid else vis[0]
+        return WindowPrefix(dec_vis, stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
 
     @torch.no_grad()
     def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None) -> list[Grounding]:
@@ -181,8 +207,9 @@ class SpaceVLLM(nn.Module):
                             visual_tokens: torch.Tensor | None = None) -> Grounding:
         """Recompute the whole sequence for one question (either prompt order)."""
         if visual_tokens is None:
-            visual_tokens = self.encode_frames(pixels)
-        visual_tokens = self.add_motion(visual_tokens[None])[0]  # (F, P, D)
+            visual_tokens = self.encode_frames(pixels)  # (F, G, D)
+        vis = self.llm_tokens(visual_tokens[None])  # (1, F, P, D)
+        dec_vis = visual_tokens[None] if self.config.frame_grid != self.config.pooled_grid else vis
         f = visual_tokens.shape[0]
         video = self.prefix_ids(list(timestamps_s))
         qids = self.question_ids(question, task)
@@ -191,7 +218,7 @@ class SpaceVLLM(nn.Module):
         else:  # question first: <q> words ... then the video, then <a>
             seq, q_start = qids[:-1] + video + qids[-1:], 0
         ids = torch.tensor([seq])
-        emb = self._embed(ids, visual_tokens[None], f)
+        emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         last = out.hidden_states[-1]
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
@@ -200,7 +227,7 @@ class SpaceVLLM(nn.Module):
         else:
             q_states = torch.cat([last[:, : len(qids) - 1], last[:, -1:]], dim=1)
         qmask = torch.ones(1, q_states.shape[1], dtype=torch.long)
-        dec = self.space_decoder(stq_states, visual_tokens[None], q_states, qmask)
+        dec = self.space_decoder(stq_states, dec_vis, q_states, qmask)
         attn = torch.ones(1, len(seq), dtype=torch.long)
         return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), dec, tuple(timestamps_s))[0]
 
@@ -256,5 +283,5 @@ def build_spacevllm(config: SpaceVLLMConfig, tokenizer) -> SpaceVLLM:
     vocab_size = config.llm.vocab_size or tokenizer.get_vocab_size()
     vision = build_vision_encoder(config.vision)
     llm = build_llm(config.llm, vocab_size)
-    decoder = build_space_decoder(config.llm.hidden_size, config.decoder, config.pooled_grid)
+    decoder = build_space_decoder(config.llm.hidden_size, config.decoder, config.frame_grid)
     return SpaceVLLM(config, tokenizer, vision, llm, decoder)

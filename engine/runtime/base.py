@@ -1,5 +1,5 @@
-"""One interface, three implementations. `encode_frames` maps pixels to projected, pooled visual
-tokens; `decode` is the space decoder. Both take and return torch tensors on the CPU."""
+"""One interface, three implementations. `encode_frames` maps pixels to projected frame tokens
+(`SpaceVLLM.encode_frames`); `decode` is the space decoder. Both take and return torch tensors on the CPU."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 class Backend(Protocol):
     name: str
 
-    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) -> (N, P, D)
+    def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) -> (N, G, D)
         ...
 
     def decode(self, stq: torch.Tensor, vis: torch.Tensor, question: torch.Tensor, mask: torch.Tensor) -> SpaceDecoderOutput:

@@ -37,9 +37,9 @@ def test_export_writes_checked_graphs_and_a_manifest(exported):
         onnx.checker.check_model(onnx.load(str(onnx_dir / name)), full_check=True)
     vis = m["graphs"]["vision_encoder.onnx"]
     assert vis["inputs"][0] == {"name": "pixels", "dtype": "float32", "shape": ["frames", 3, 32, 32]}
-    assert vis["outputs"][0]["shape"] == ["frames", 16, 32]
+    assert vis["outputs"][0]["shape"] == ["frames", 64, 32]  # the full 8x8 grid (decoder.full_grid)
     dec = {i["name"]: i["shape"] for i in m["graphs"]["space_decoder.onnx"]["inputs"]}
-    assert dec["question_states"] == ["batch", "question_len", 32] and dec["visual_tokens"] == ["batch", "frames", 16, 32]
+    assert dec["question_states"] == ["batch", "question_len", 32] and dec["visual_tokens"] == ["batch", "frames", 64, 32]
     assert m["opset"] == 18 and len(m["source_checkpoint"]["sha256"]) == 64 and m["model_config"]["name"] == "test"
 
 

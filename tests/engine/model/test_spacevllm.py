@@ -31,14 +31,17 @@ def test_shapes_through_every_module_when_given_a_batch(tiny_model, tiny_config)
     # when the vision path and the full model run
     patches = tiny_model.vision_tower(b.pixels.flatten(0, 1))
     tokens = tiny_model.encode_frames(b.pixels.flatten(0, 1))
+    llm_tokens = tiny_model.llm_tokens(tokens.reshape(2, 6, 64, 32))
     out = tiny_model(b.pixels, b.input_ids, b.attention_mask, b.question_index, b.question_mask)
     # then every shape is as documented
     assert patches.shape == (12, 64, 32)  # (B*F, grid*grid, C)
-    assert tokens.shape == (12, 16, 32)  # (B*F, P, D) after 2x2 pooling
+    assert tokens.shape == (12, 64, 32)  # (B*F, G, D): the full grid, for the cache and the space decoder
+    assert llm_tokens.shape == (2, 6, 16, 32)  # (B, F, P, D) after 2x2 pooling, for the LLM
     assert out.logits.shape == (*b.input_ids.shape, tiny_model.language_model.config.vocab_size)
     assert out.decoder.boxes_cxcywh.shape == (2, 6, 4)
     assert out.decoder.presence_logits.shape == (2, 6)
-    assert out.decoder.heatmap_logits.shape == (2, 6, 16)
+    assert out.decoder.heatmap_logits.shape == (2, 6, 64)
+    assert out.answer_presence_logits.shape == (2, 6)
     assert ((out.decoder.boxes_cxcywh >= 0) & (out.decoder.boxes_cxcywh <= 1)).all()
 
 
@@ -113,7 +116,7 @@ def test_frames_in_span(timestamps, span, expected):
 
 def _criterion(model, loss_cfg=None):
     return SpaceVLLMCriterion(loss_cfg or model.config.loss, model.vocab.time_ids,
-                              model.language_model.config.vocab_size, model.config.pooled_grid)
+                              model.language_model.config.vocab_size, model.config.frame_grid)
 
 
 def test_gradients_reach_stq_embeddings_and_the_decoder(tiny_model, tiny_config):
