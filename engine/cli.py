@@ -60,7 +60,7 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--samples", default=300, show_default=True)
 def calibrate(model_dir, samples) -> None:
-    """Set the model's default match threshold from held-out synthetic samples (writes config.json)."""
+    """Choose the model's score mode and default match threshold on held-out synthetic samples (writes config.json)."""
     import dataclasses
 
     from engine.model.checkpoint import load_model
@@ -68,9 +68,9 @@ def calibrate(model_dir, samples) -> None:
     from engine.train import calibrate_threshold
 
     model = load_model(model_dir)
-    threshold, stats = calibrate_threshold(model, samples, model.config.max_frames)
-    save_config(dataclasses.replace(model.config, default_threshold=threshold), Path(model_dir) / "config.json")
-    click.echo(f"default_threshold={threshold:.2f} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+    threshold, mode, stats = calibrate_threshold(model, samples, model.config.max_frames)
+    save_config(dataclasses.replace(model.config, default_threshold=threshold, score=mode), Path(model_dir) / "config.json")
+    click.echo(f"score={mode.value} default_threshold={threshold:.2f} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
 
 
 @main.command("eval")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from engine.data.collate import Batch, collate
 from engine.data.synthetic import make_sample
 from engine.model.checkpoint import load_model, save_model
-from engine.model.config import SpaceVLLMConfig
+from engine.model.config import ScoreMode, SpaceVLLMConfig
 from engine.model.losses import SpaceVLLMCriterion
 from engine.model.spacevllm import SpaceVLLM, build_spacevllm
 from engine.model.tokenizer import train_tokenizer
@@ -125,20 +125,9 @@ def quick_eval(model: SpaceVLLM, settings: TrainSettings, n: int) -> dict[str, f
     return {**stvg_summary(t_list, v_list), **match_summary(pm, gm)}
 
 
-@torch.no_grad()
-def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_offset: int = EVAL_SEED_OFFSET + 500_000,
-                        min_recall: float = 0.9) -> tuple[float, dict]:
-    """The match threshold that maximises balanced accuracy (recall of matches and of `none`) while keeping
-    recall >= `min_recall`, on held-out STVG samples (20% negatives) of the training distribution; never on
-    the evaluation clips."""
-    model.eval()
-    scores, labels = [], []
-    for i in range(n):
-        s = make_sample(seed_offset + i, "stvg", frames=frames, negative_rate=0.2)
-        px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
-        scores.append(model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0].score)
-        labels.append(s.span_s is not None)
-    scores, labels = np.asarray(scores), np.asarray(labels)
+def best_threshold(scores: np.ndarray, labels: np.ndarray, min_recall: float) -> tuple[float, float]:
+    """(threshold, balanced accuracy): the threshold on a 0.01 grid that maximises balanced accuracy (recall of
+    matches and of non-matches) among those keeping recall >= `min_recall`; (0.5, -1) if none does."""
     best, best_t = -1.0, 0.5
     for t in np.round(np.arange(0.05, 0.99, 0.01), 2):
         tpr = (scores[labels] >= t).mean() if labels.any() else 0.0
@@ -146,8 +135,33 @@ def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_o
         # users must not lose what they asked for: keep recall >= min_recall, then reject as many non-matches as possible
         if tpr >= min_recall and (tpr + tnr) / 2 > best:
             best, best_t = (tpr + tnr) / 2, float(t)
-    return best_t, {"balanced_accuracy": float(best), "samples": n,
-                    "recall": float((scores[labels] >= best_t).mean()), "no_match_accuracy": float((scores[~labels] < best_t).mean())}
+    return best_t, float(best)
+
+
+@torch.no_grad()
+def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_offset: int = EVAL_SEED_OFFSET + 500_000,
+                        min_recall: float = 0.9) -> tuple[float, ScoreMode, dict]:
+    """The score mode and match threshold that maximise balanced accuracy (recall of matches and of `none`)
+    while keeping recall >= `min_recall`, on held-out STVG samples (20% negatives) of the training
+    distribution; never on the evaluation clips."""
+    model.eval()
+    answer, presence, labels = [], [], []
+    for i in range(n):
+        s = make_sample(seed_offset + i, "stvg", frames=frames, negative_rate=0.2)
+        px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
+        g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
+        answer.append(g.answer_score)
+        presence.append(float(g.presence.max()))
+        labels.append(s.span_s is not None)
+    answer, presence, labels = np.asarray(answer), np.asarray(presence), np.asarray(labels)
+    candidates = {ScoreMode.ANSWER: answer, ScoreMode.ANSWER_AND_PRESENCE: np.sqrt(answer * presence)}
+    results = {mode: best_threshold(scores, labels, min_recall) for mode, scores in candidates.items()}
+    mode = max(results, key=lambda m: results[m][1])
+    t = results[mode][0]
+    scores = candidates[mode]
+    return t, mode, {"balanced_accuracy": results[mode][1], "samples": n,
+                     **{f"balanced_accuracy[{m.value}]": results[m][1] for m in results},
+                     "recall": float((scores[labels] >= t).mean()), "no_match_accuracy": float((scores[~labels] < t).mean())}
 
 
 def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool = False) -> dict[str, float]:
@@ -209,10 +223,10 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     finally:
         bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
-    threshold, calib = calibrate_threshold(model, frames=settings.frames)
-    model.config = dataclasses.replace(model.config, default_threshold=threshold)
+    threshold, mode, calib = calibrate_threshold(model, frames=settings.frames)
+    model.config = dataclasses.replace(model.config, default_threshold=threshold, score=mode)
     save_model(model, out)
-    log.info("calibrated default threshold %.2f (%s)", threshold, calib)
+    log.info("calibrated score %s, default threshold %.2f (%s)", mode.value, threshold, calib)
     metrics = quick_eval(model, settings, settings.eval_samples)
     (out / "train_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
     log.info("held-out quick eval at step %d: %s", step, metrics)

@@ -14,6 +14,15 @@ from typing import Any
 import yaml
 
 
+class ScoreMode(str, Enum):
+    """What a grounding's match score is (thresholded by standing queries and the evaluation)."""
+
+    ANSWER = "answer"  # 1 - P(`none`) at the first answer token
+    # geometric mean of that and the space decoder's highest per-frame target presence in the window:
+    # two views of "is it there", the LLM's over the whole window and the decoder's per frame
+    ANSWER_AND_PRESENCE = "answer_and_presence"
+
+
 class PromptOrder(str, Enum):
     """Where the question sits relative to the video in the LLM sequence."""
 
@@ -81,6 +90,7 @@ class SpaceVLLMConfig:
     prompt_order: PromptOrder = PromptOrder.VIDEO_FIRST
     max_question_tokens: int = 48
     default_threshold: float = 0.5  # match score threshold, calibrated on held-out samples after training
+    score: ScoreMode = ScoreMode.ANSWER  # chosen by calibration (the mode that separates matches best)
     base_checkpoint: str | None = None  # 7B: local LLaVA-OneVision directory (transformers format)
 
     @property
@@ -100,6 +110,7 @@ class SpaceVLLMConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["prompt_order"] = self.prompt_order.value
+        out["score"] = self.score.value
         return out
 
     @classmethod
@@ -119,6 +130,11 @@ class SpaceVLLMConfig:
                 data[key] = section_cls(**data[key])
         if "prompt_order" in data:
             data["prompt_order"] = PromptOrder(data["prompt_order"])
+        if "score" in data:
+            try:
+                data["score"] = ScoreMode(data["score"])
+            except ValueError:
+                raise ValueError(f"unknown score mode {data['score']!r} (expected one of {[m.value for m in ScoreMode]})") from None
         return cls(**data)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.model.config import PromptOrder, SpaceVLLMConfig
+from engine.model.config import PromptOrder, ScoreMode, SpaceVLLMConfig
 from engine.model.interleave import question_ids, splice, video_prefix_ids
 from engine.model.llm import build_llm
 from engine.model.projector import Projector, pool_grid
@@ -47,12 +47,13 @@ class WindowPrefix:
 class Grounding:
     """One question's answer on one window."""
 
-    score: float  # 1 - P(none) at the first answer token
+    score: float  # the match score (config.score): 1 - P(none), or its geometric mean with the best frame presence
     span_s: tuple[float, float]  # best span (relative seconds), meaningful when the score is high
     frame_indices: tuple[int, ...]  # sampled frames inside the span
     boxes_cxcywh: tuple[tuple[float, float, float, float], ...]  # one per frame in frame_indices, normalised
     all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes for every frame
     presence: torch.Tensor  # (F,) per-frame presence probability (space decoder)
+    answer_score: float  # 1 - P(none) at the first answer token
 
 
 class SpaceVLLM(nn.Module):
@@ -250,13 +251,16 @@ class SpaceVLLM(nn.Module):
         end_logits = out.logits[:, -1][:, time_ids][:, : limit + 1]
         allowed = torch.arange(limit + 1)[None] >= start[:, None]
         end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
-        presence = dec.presence_logits.sigmoid()
+        presence = dec.presence_logits.sigmoid()  # (N, F)
+        answer_score = score
+        if self.config.score is ScoreMode.ANSWER_AND_PRESENCE:
+            score = (answer_score * presence.amax(-1)).sqrt()
         results = []
         for i in range(n):
             s, e = start[i].item() / 10, end[i].item() / 10
             idx = frames_in_span(timestamps_s, s, e)
             boxes = tuple(tuple(float(x) for x in dec.boxes_cxcywh[i, k]) for k in idx)
-            results.append(Grounding(float(score[i]), (s, e), idx, boxes, dec.boxes_cxcywh[i], presence[i]))
+            results.append(Grounding(float(score[i]), (s, e), idx, boxes, dec.boxes_cxcywh[i], presence[i], float(answer_score[i])))
         return results
 
     def _step(self, ids, attn, pos, cache):

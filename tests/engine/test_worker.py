@@ -168,7 +168,7 @@ def _demo_events(redis_client, prefix: str, queries) -> list[GroundingEvent]:
 
 
 @SHIPPED
-@pytest.mark.xfail(strict=True, reason="known limitation of the shipped tiny model: on the demo scene its boxes reach "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known limitation of the shipped tiny model: on the demo scene its boxes reach "
                    "IoU > 0.3 on 3 of 13 frames (see models/tiny/MODEL_CARD.md); strict, so it turns red once a model passes")
 def test_end_to_end_synthetic_camera_to_events_with_the_shipped_model(redis_client):
     from engine.boxes import iou_xyxy
@@ -199,7 +199,7 @@ def test_end_to_end_synthetic_camera_to_events_with_the_shipped_model(redis_clie
 
 
 @SHIPPED
-@pytest.mark.xfail(strict=True, reason="known limitation of the shipped tiny model: its `none` score does not yet depend on "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known limitation of the shipped tiny model: its `none` score does not yet depend on "
                    "the caption's colour/shape (see models/tiny/MODEL_CARD.md); strict, so it turns red once a model passes")
 def test_end_to_end_a_query_for_an_absent_object_yields_no_event(redis_client):
     events = _demo_events(redis_client, "absent:", [{"id": "absent", "text": "the green triangle moving up", "cooldown_s": 2.0}])

@@ -23,6 +23,7 @@ def test_save_then_load_gives_the_same_outputs(tiny_model, tmp_path):
     ("misshaped", "mis-shaped tensors"),
     ("unexpected", "unexpected tensors"),
     ("bad_config", "unknown model config keys"),
+    ("bad_score", "unknown score mode"),
 ])
 def test_load_model_when_the_checkpoint_is_wrong_says_what(tiny_model, tmp_path, damage, message):
     d = save_model(tiny_model, tmp_path / "m")
@@ -41,5 +42,21 @@ def test_load_model_when_the_checkpoint_is_wrong_says_what(tiny_model, tmp_path,
         save_file(state, str(d / "model.safetensors"))
     elif damage == "bad_config":
         (d / "config.json").write_text('{"name": "x", "colour": "red"}')
+    elif damage == "bad_score":
+        (d / "config.json").write_text('{"name": "x", "score": "vibes"}')
     with pytest.raises(CheckpointError, match=message):
         load_model(d)
+
+
+def test_a_checkpoint_without_the_training_only_probe_loads_and_grounds_the_same(tiny_model, tmp_path):
+    # given a saved model whose training-only answer probe was left out
+    d = save_model(tiny_model, tmp_path / "m")
+    state = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if not k.startswith("answer_probe_")}
+    save_file(state, str(d / "model.safetensors"))
+    # when it is loaded
+    loaded = load_model(d)
+    # then it grounds exactly like the original
+    px, ts = torch.rand(3, 3, 32, 32), [0.0, 0.5, 1.0]
+    a = tiny_model.ground(tiny_model.encode_window(px, ts), ["the red circle"])[0]
+    b = loaded.ground(loaded.encode_window(px, ts), ["the red circle"])[0]
+    assert a.score == pytest.approx(b.score, abs=1e-6) and torch.allclose(a.all_boxes_cxcywh, b.all_boxes_cxcywh)

@@ -9,7 +9,7 @@ import torch
 
 from engine.data.collate import collate
 from engine.data.synthetic import Sample
-from engine.model.config import PromptOrder
+from engine.model.config import PromptOrder, ScoreMode
 from engine.model.interleave import splice
 from engine.model.losses import SpaceVLLMCriterion
 from engine.model.spacevllm import build_spacevllm, frames_in_span
@@ -123,15 +123,32 @@ def test_gradients_reach_stq_embeddings_and_the_decoder(tiny_model, tiny_config)
     # given a positive STVG batch
     tiny_model.train()
     b = collate([_fake_sample(4, 32, 0)], tiny_model.vocab, tiny_model.tokenizer, tiny_config.tokens_per_frame)
-    # when the loss is back-propagated
+    # when the loss (with the answer-state probe) is back-propagated
     out = tiny_model(b.pixels, b.input_ids, b.attention_mask, b.question_index, b.question_mask)
-    _criterion(tiny_model)(out.logits, b.labels, out.decoder, b.boxes_cxcywh, b.box_mask, b.presence).total.backward()
+    crit = _criterion(tiny_model, dataclasses.replace(tiny_config.loss, answer_presence=1.0, first_answer_token=2.0))
+    crit(out.logits, b.labels, out.decoder, b.boxes_cxcywh, b.box_mask, b.presence, out.answer_presence_logits).total.backward()
     # then the STQ rows used and every decoder parameter get a gradient
     assert tiny_model.stq.grad is not None and tiny_model.stq.grad[:4].abs().sum() > 0
     assert tiny_model.stq.grad[4:].abs().sum() == 0  # frames beyond the clip take no query
     for name, p in tiny_model.space_decoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert tiny_model.vision_tower.pos.grad.abs().sum() > 0
+    assert tiny_model.answer_probe_q.weight.grad.abs().sum() > 0 and tiny_model.answer_probe_k.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", list(ScoreMode))
+def test_the_match_score_follows_the_configured_mode(tiny_config, mode):
+    from engine.model.tokenizer import train_tokenizer
+
+    # given a model configured with a score mode
+    torch.manual_seed(0)
+    model = build_spacevllm(dataclasses.replace(tiny_config, score=mode), train_tokenizer(tiny_config.max_time_s)).eval()
+    px, ts = torch.rand(4, 3, 32, 32), [0.0, 0.5, 1.0, 1.5]
+    # when it grounds a question
+    g = model.ground(model.encode_window(px, ts), ["the red circle"])[0]
+    # then the score is 1 - P(none), or its geometric mean with the best frame presence
+    expected = g.answer_score if mode is ScoreMode.ANSWER else (g.answer_score * float(g.presence.max())) ** 0.5
+    assert g.score == pytest.approx(expected, abs=1e-6) and 0.0 <= g.score <= 1.0
 
 
 def test_a_fixed_small_batch_is_overfit(tiny_model, tiny_config):
