@@ -69,7 +69,7 @@ class Profile:
 def default_profile(model_config: dict) -> Profile:
     max_frames = int(model_config["max_frames"])
     max_q = int(model_config["max_question_tokens"])
-    return Profile(frames=(1, max_frames, max_frames), batch=(1, 4, 16), question_len=(1, 16, max_q))
+    return Profile(frames=(1, max_frames, max_frames), batch=(1, 64, 256), question_len=(1, 16, max_q))  # decoder batch: (question, frame) pairs
 
 
 def calibration_frames_from_video(path: str | Path, size: int, count: int = 256) -> Iterator[np.ndarray]:

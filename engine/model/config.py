@@ -91,6 +91,10 @@ class SpaceVLLMConfig:
     max_question_tokens: int = 48
     default_threshold: float = 0.5  # match score threshold, calibrated on held-out samples after training
     score: ScoreMode = ScoreMode.ANSWER  # chosen by calibration (the mode that separates matches best)
+    # at most this many (question, frame) space-decoder runs per window (0: no limit): past it, the decoder
+    # runs on every 2nd, 3rd, ... frame of each span (always its first and last) and boxes in between are
+    # interpolated in time. Few queries get every frame; many queries keep a bounded cost on a CPU
+    decoder_pair_budget: int = 0
     base_checkpoint: str | None = None  # 7B: local LLaVA-OneVision directory (transformers format)
 
     @property
@@ -130,6 +134,8 @@ class SpaceVLLMConfig:
                 data[key] = section_cls(**data[key])
         if "prompt_order" in data:
             data["prompt_order"] = PromptOrder(data["prompt_order"])
+        if int(data.get("decoder_pair_budget", 0)) < 0:
+            raise ValueError(f"decoder_pair_budget must be >= 0, got {data['decoder_pair_budget']}")
         if "score" in data:
             try:
                 data["score"] = ScoreMode(data["score"])

@@ -51,8 +51,8 @@ class Grounding:
     span_s: tuple[float, float]  # best span (relative seconds), meaningful when the score is high
     frame_indices: tuple[int, ...]  # sampled frames inside the span
     boxes_cxcywh: tuple[tuple[float, float, float, float], ...]  # one per frame in frame_indices, normalised
-    all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes for every frame
-    presence: torch.Tensor  # (F,) per-frame presence probability (space decoder)
+    all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes; decoded only for frames in the span, zeros elsewhere
+    presence: torch.Tensor  # (F,) decoder per-frame presence probability; frames in the span, zeros elsewhere
     answer_score: float  # 1 - P(none) at the first answer token
 
 
@@ -198,10 +198,8 @@ class SpaceVLLM(nn.Module):
         lengths = qmask.sum(1)  # (N,)
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
         q_states = out.hidden_states[-1]  # (N, Lq, D)
-        vis = prefix.visual_tokens[None].expand(n, -1, -1, -1)
-        stq = prefix.stq_states[None].expand(n, -1, -1)
-        dec = (decoder or self.space_decoder)(stq, vis, q_states, qmask)
-        return self._finish(first, out.past_key_values, attn, prefix.length + lengths, dec, prefix.timestamps_s)
+        return self._finish(first, out.past_key_values, attn, prefix.length + lengths, prefix.timestamps_s,
+                            prefix.stq_states, prefix.visual_tokens, q_states, qmask, decoder or self.space_decoder)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -228,12 +226,16 @@ class SpaceVLLM(nn.Module):
         else:
             q_states = torch.cat([last[:, : len(qids) - 1], last[:, -1:]], dim=1)
         qmask = torch.ones(1, q_states.shape[1], dtype=torch.long)
-        dec = self.space_decoder(stq_states, dec_vis, q_states, qmask)
         attn = torch.ones(1, len(seq), dtype=torch.long)
-        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), dec, tuple(timestamps_s))[0]
+        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), tuple(timestamps_s),
+                            stq_states[0], dec_vis[0], q_states, qmask, self.space_decoder)[0]
 
-    def _finish(self, first_logits, cache, attn, next_pos, dec: SpaceDecoderOutput, timestamps_s) -> list[Grounding]:
-        """Constrained decoding of `none | from <s> to <e>`: two more model steps, then boxes in the span."""
+    def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
+                decoder) -> list[Grounding]:
+        """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
+        the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
+
+        stq_states (F, D) and frame_tokens (F, G, D) of the window; q_states (N, Lq, D), qmask (N, Lq)."""
         v = self.vocab
         n = first_logits.shape[0]
         score = 1.0 - first_logits.softmax(-1)[:, v.none]  # (N,)
@@ -251,16 +253,22 @@ class SpaceVLLM(nn.Module):
         end_logits = out.logits[:, -1][:, time_ids][:, : limit + 1]
         allowed = torch.arange(limit + 1)[None] >= start[:, None]
         end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
-        presence = dec.presence_logits.sigmoid()  # (N, F)
+        spans = [(start[i].item() / 10, end[i].item() / 10) for i in range(n)]
+        frames = [frames_in_span(timestamps_s, s, e) for s, e in spans]
+        stride = frame_stride_for_budget(frames, self.config.decoder_pair_budget)
+        keyframes = [keyframes_of(idx, stride) for idx in frames]
+        boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes)  # (N, F, 4), (N, F)
+        if stride > 1:
+            for i in range(n):
+                fill_between_keyframes(timestamps_s, keyframes[i], frames[i], boxes[i], presence[i])
         answer_score = score
         if self.config.score is ScoreMode.ANSWER_AND_PRESENCE:
             score = (answer_score * presence.amax(-1)).sqrt()
         results = []
         for i in range(n):
-            s, e = start[i].item() / 10, end[i].item() / 10
-            idx = frames_in_span(timestamps_s, s, e)
-            boxes = tuple(tuple(float(x) for x in dec.boxes_cxcywh[i, k]) for k in idx)
-            results.append(Grounding(float(score[i]), (s, e), idx, boxes, dec.boxes_cxcywh[i], presence[i], float(answer_score[i])))
+            idx = frames[i]
+            span_boxes = tuple(tuple(float(x) for x in boxes[i, k]) for k in idx)
+            results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i])))
         return results
 
     def _step(self, ids, attn, pos, cache):
@@ -272,6 +280,61 @@ class SpaceVLLM(nn.Module):
             return 0
         step = (timestamps_s[-1] - timestamps_s[0]) / (len(timestamps_s) - 1)
         return min(len(self.vocab.time_ids) - 1, int(math.ceil((timestamps_s[-1] + step) * 10 - 1e-6)))
+
+
+DECODER_MAX_PAIRS = 256  # (question, frame) pairs per space-decoder call: the exported graphs' batch limit
+
+
+def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: list[tuple[int, ...]]):
+    """Run the space decoder on each question's span frames only, as (question, frame) pairs.
+
+    The decoder treats frames independently (each frame's tokens read the question; each STQ reads its
+    own frame), so a pair is a batch item with one frame, and the cost follows the frames in spans, not
+    questions x window. Returns boxes (N, F, 4) and presence probabilities (N, F), zeros off the spans."""
+    n, f = len(frames), stq_states.shape[0]
+    boxes = torch.zeros(n, f, 4)
+    presence = torch.zeros(n, f)
+    pairs = [(i, k) for i, idx in enumerate(frames) for k in idx]
+    for at in range(0, len(pairs), DECODER_MAX_PAIRS):
+        chunk = pairs[at : at + DECODER_MAX_PAIRS]
+        qi = torch.tensor([i for i, _ in chunk])
+        fk = torch.tensor([k for _, k in chunk])
+        dec = decoder(stq_states[fk][:, None], frame_tokens[fk][:, None], q_states[qi], qmask[qi])  # batch of pairs, 1 frame
+        boxes[qi, fk] = dec.boxes_cxcywh[:, 0].float()
+        presence[qi, fk] = dec.presence_logits[:, 0].float().sigmoid()
+    return boxes, presence
+
+
+def frame_stride_for_budget(frames: list[tuple[int, ...]], budget: int) -> int:
+    """The smallest frame stride whose keyframes fit `budget` (question, frame) pairs (0: no limit);
+    every span keeps at least its first and last frame, so the budget may be exceeded when it is tiny."""
+    stride = 1
+    longest = max((len(idx) for idx in frames), default=0)
+    while budget and stride + 1 < longest and sum(len(keyframes_of(idx, stride)) for idx in frames) > budget:
+        stride += 1
+    return stride
+
+
+def keyframes_of(frames: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """Every `stride`-th of a span's frames, always with its first and last."""
+    if stride <= 1 or len(frames) <= 2:
+        return frames
+    picked = frames[::stride]
+    return picked if picked[-1] == frames[-1] else picked + (frames[-1],)
+
+
+def fill_between_keyframes(timestamps_s, keyframes: tuple[int, ...], frames: tuple[int, ...],
+                           boxes: torch.Tensor, presence: torch.Tensor) -> None:
+    """In place: boxes (F, 4) and presence (F,) of `frames` that are not keyframes, linearly interpolated in
+    time between the neighbouring keyframes (keyframes include the span's first and last frame)."""
+    for k in frames:
+        if k in keyframes:
+            continue
+        a = max(x for x in keyframes if x < k)
+        b = min(x for x in keyframes if x > k)
+        w = (timestamps_s[k] - timestamps_s[a]) / max(timestamps_s[b] - timestamps_s[a], 1e-9)
+        boxes[k] = (1 - w) * boxes[a] + w * boxes[b]
+        presence[k] = (1 - w) * presence[a] + w * presence[b]
 
 
 def frames_in_span(timestamps_s, start_s: float, end_s: float) -> tuple[int, ...]:

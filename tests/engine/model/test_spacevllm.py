@@ -12,7 +12,7 @@ from engine.data.synthetic import Sample
 from engine.model.config import PromptOrder, ScoreMode
 from engine.model.interleave import splice
 from engine.model.losses import SpaceVLLMCriterion
-from engine.model.spacevllm import build_spacevllm, frames_in_span
+from engine.model.spacevllm import build_spacevllm, decode_in_spans, fill_between_keyframes, frame_stride_for_budget, frames_in_span, keyframes_of
 
 
 def _fake_sample(frames: int, size: int, seed: int, task: str = "stvg", negative: bool = False) -> Sample:
@@ -171,3 +171,59 @@ def test_a_fixed_small_batch_is_overfit(tiny_model, tiny_config):
         losses.append(loss.item())
     # then the loss falls by at least 90%
     assert losses[-1] <= 0.1 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("frames, stride, expected", [
+    ((), 2, ()),
+    ((3,), 2, (3,)),
+    ((0, 1, 2, 3, 4), 1, (0, 1, 2, 3, 4)),
+    ((0, 1, 2, 3, 4), 2, (0, 2, 4)),
+    ((2, 3, 4, 5), 2, (2, 4, 5)),  # the span's last frame is always decoded
+])
+def test_keyframes_of(frames, stride, expected):
+    assert keyframes_of(frames, stride) == expected
+
+
+def test_fill_between_keyframes_interpolates_in_time():
+    # given boxes decoded on keyframes 0 and 3 of frames 0..3 (uneven timestamps)
+    ts = (0.0, 1.0, 1.5, 2.0)
+    boxes = torch.zeros(4, 4)
+    boxes[0], boxes[3] = torch.tensor([0.2, 0.2, 0.1, 0.1]), torch.tensor([0.6, 0.4, 0.3, 0.1])
+    presence = torch.tensor([0.2, 0.0, 0.0, 0.6])
+    # when the frames in between are filled
+    fill_between_keyframes(ts, (0, 3), (0, 1, 2, 3), boxes, presence)
+    # then they lie on the line between the keyframes, at their time
+    assert torch.allclose(boxes[1], torch.tensor([0.4, 0.3, 0.2, 0.1])) and torch.allclose(boxes[2], torch.tensor([0.5, 0.35, 0.25, 0.1]))
+    assert presence[1].item() == pytest.approx(0.4) and presence[2].item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("frames, budget, expected", [
+    ([(0, 1, 2, 3)] * 4, 0, 1),  # no limit
+    ([(0, 1, 2, 3)] * 4, 16, 1),  # fits
+    ([tuple(range(16))] * 16, 96, 3),  # 256 pairs -> 144 at stride 2 -> 96 at stride 3
+    ([(0, 1)] * 10, 5, 1),  # first and last frames are always kept
+    ([], 8, 1),
+])
+def test_frame_stride_for_budget(frames, budget, expected):
+    assert frame_stride_for_budget(frames, budget) == expected
+
+
+def test_the_space_decoder_on_question_frame_pairs_equals_decoding_whole_windows(tiny_model):
+    # given one window's STQ states and frame tokens and two questions' states (the second one padded)
+    torch.manual_seed(0)
+    f, d = 8, 32
+    stq, tokens = torch.randn(f, d), torch.randn(f, 64, d)
+    q, qmask = torch.randn(2, 5, d), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    dec = tiny_model.space_decoder
+    with torch.no_grad():
+        whole = dec(stq[None].expand(2, -1, -1), tokens[None].expand(2, -1, -1, -1), q, qmask)
+        # when the decoder runs on (question, frame) pairs: every frame, then keyframes only
+        boxes, presence = decode_in_spans(dec, stq, tokens, q, qmask, [tuple(range(f)), tuple(range(f))])
+        keys = keyframes_of(tuple(range(f)), 3)
+        kb, kp = decode_in_spans(dec, stq, tokens, q, qmask, [keys, (2, 5)])
+    # then every frame matches the whole-window decoder (frames are independent in the decoder)
+    assert torch.allclose(boxes, whole.boxes_cxcywh, atol=1e-5)
+    assert torch.allclose(presence, whole.presence_logits.sigmoid(), atol=1e-5)
+    # and keyframe-only decoding gives the same values there, zeros elsewhere
+    assert torch.allclose(kb[0, list(keys)], boxes[0, list(keys)], atol=1e-5) and torch.allclose(kb[1, [2, 5]], boxes[1, [2, 5]], atol=1e-5)
+    assert kb[0, [1, 2, 4, 5]].abs().sum() == 0 and kp[1, [0, 1, 3, 4, 6, 7]].abs().sum() == 0
