@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.model.checkpoint import file_sha256, load_model
+from engine.model.config import DECODER_MAX_PAIRS
 from engine.model.spacevllm import SpaceVLLM
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, progress=lambda msg: Non
     cfg = model.config
     s, d, p = cfg.vision.image_size, model.language_model.config.hidden_size, cfg.frame_tokens
     frames = Dim("frames", min=1, max=max(cfg.max_frames, 64))
-    batch = Dim("batch", min=1, max=256)
+    batch = Dim("batch", min=1, max=DECODER_MAX_PAIRS)
     qlen = Dim("question_len", min=1, max=max(cfg.max_question_tokens, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model.config import SpaceVLLMConfig
+from engine.model.config import DECODER_MAX_PAIRS, SpaceVLLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class Profile:
 def default_profile(model_config: dict) -> Profile:
     max_frames = int(model_config["max_frames"])
     max_q = int(model_config["max_question_tokens"])
-    return Profile(frames=(1, max_frames, max_frames), batch=(1, 64, 256), question_len=(1, 16, max_q))  # decoder batch: (question, frame) pairs
+    # the decoder's batch is (question, frame) pairs, up to one call's worth
+    return Profile(frames=(1, max_frames, max_frames), batch=(1, 64, DECODER_MAX_PAIRS), question_len=(1, 16, max_q))
 
 
 def calibration_frames_from_video(path: str | Path, size: int, count: int = 256) -> Iterator[np.ndarray]:

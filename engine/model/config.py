@@ -14,12 +14,15 @@ from typing import Any
 import yaml
 
 
+DECODER_MAX_PAIRS = 256  # (question, frame) pairs per space-decoder call; the exported graphs' batch limit
+
+
 class ScoreMode(str, Enum):
     """What a grounding's match score is (thresholded by standing queries and the evaluation)."""
 
     ANSWER = "answer"  # 1 - P(`none`) at the first answer token
-    # geometric mean of that and the space decoder's highest per-frame target presence in the window:
-    # two views of "is it there", the LLM's over the whole window and the decoder's per frame
+    # geometric mean of that and the space decoder's highest per-frame target presence in the answer's
+    # span: two views of "is it there", the LLM's over the whole window and the decoder's per frame
     ANSWER_AND_PRESENCE = "answer_and_presence"
 
 

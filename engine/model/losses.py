@@ -86,9 +86,10 @@ class SpaceVLLMCriterion(nn.Module):
         else:
             zero = pred.sum() * 0
             l1 = giou = heat = zero
-        presence = F.binary_cross_entropy_with_logits(decoder.presence_logits, presence_target.to(pred.dtype))
+        in_frame = presence_target.to(pred.dtype)
+        presence = F.binary_cross_entropy_with_logits(decoder.presence_logits, in_frame)
         if answer_presence_logits is not None:
-            answer_presence = F.binary_cross_entropy_with_logits(answer_presence_logits, presence_target.to(pred.dtype))
+            answer_presence = F.binary_cross_entropy_with_logits(answer_presence_logits, in_frame)
         else:
             answer_presence = presence * 0
         c = self.cfg

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.model.config import PromptOrder, ScoreMode, SpaceVLLMConfig
+from engine.model.config import DECODER_MAX_PAIRS, PromptOrder, ScoreMode, SpaceVLLMConfig
 from engine.model.interleave import question_ids, splice, video_prefix_ids
 from engine.model.llm import build_llm
 from engine.model.projector import Projector, pool_grid
@@ -83,19 +83,20 @@ class SpaceVLLM(nn.Module):
     # ---- vision -------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> projected frame tokens (N, G, D) on the `config.frame_grid` grid
-        (what the frame cache holds and the space decoder reads; `llm_tokens` pools them for the LLM)."""
+        (what the frame cache holds and the space decoder reads; `split_tokens` pools them for the LLM)."""
         patches = self.vision_tower(pixels)  # (N, g*g, C)
         tokens = self.projector(patches)  # (N, g*g, D)
         return pool_grid(tokens, self.vision_tower.grid, self.config.frame_grid)  # (N, G, D)
 
-    def llm_tokens(self, frame_tokens: torch.Tensor) -> torch.Tensor:
-        """(B, F, G, D) frame tokens -> (B, F, P, D) pooled tokens with motion mixed in, for the LLM."""
+    def split_tokens(self, frame_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, G, D) frame tokens -> (LLM tokens (B, F, P, D): pooled, motion mixed in; space-decoder
+        tokens: the full grid with `decoder.full_grid`, else the LLM's own tokens)."""
+        if self.config.frame_grid == self.config.pooled_grid:
+            vis = self.add_motion(frame_tokens)
+            return vis, vis
         b, f, g, d = frame_tokens.shape
-        vis = frame_tokens
-        if self.config.frame_grid != self.config.pooled_grid:
-            vis = pool_grid(frame_tokens.reshape(b * f, g, d), self.config.frame_grid, self.config.pooled_grid)
-            vis = vis.reshape(b, f, self.config.tokens_per_frame, d)
-        return self.add_motion(vis)
+        vis = pool_grid(frame_tokens.reshape(b * f, g, d), self.config.frame_grid, self.config.pooled_grid)
+        return self.add_motion(vis.reshape(b, f, self.config.tokens_per_frame, d)), frame_tokens
 
     def add_motion(self, vis: torch.Tensor) -> torch.Tensor:
         """(B, F, P, D) per-frame tokens -> tokens with their temporal differences mixed in (same shape)."""
@@ -131,13 +132,12 @@ class SpaceVLLM(nn.Module):
     ) -> SpaceVLLMOutput:
         b, f = pixels.shape[:2]
         frame_tokens = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.frame_tokens, -1)  # (B, F, G, D)
-        vis = self.llm_tokens(frame_tokens)  # (B, F, P, D)
+        vis, dec_vis = self.split_tokens(frame_tokens)  # (B, F, P, D), decoder tokens
         emb = self._embed(input_ids, vis, f)
         out = self.language_model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, L, D)
         stq_states = last[self._stq_positions(input_ids)].reshape(b, f, -1)  # (B, F, D)
         q_states = torch.gather(last, 1, question_index[..., None].expand(-1, -1, last.shape[-1]))  # (B, Lq, D)
-        dec_vis = frame_tokens if self.config.frame_grid != self.config.pooled_grid else vis
         dec = self.space_decoder(stq_states, dec_vis, q_states, question_mask)
         last_q = question_mask.sum(1) - 1  # (B,) the last question token predicts the first answer token
         answer_state = q_states[torch.arange(b), last_q]  # (B, D)
@@ -159,17 +159,16 @@ class SpaceVLLM(nn.Module):
 
     @torch.no_grad()
     def encode_window(self, pixels: torch.Tensor, timestamps_s: list[float], visual_tokens: torch.Tensor | None = None) -> WindowPrefix:
-        """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, P, D) may come from a frame cache."""
+        """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, G, D) may come from a frame cache."""
         if visual_tokens is None:
             visual_tokens = self.encode_frames(pixels)  # (F, G, D)
-        vis = self.llm_tokens(visual_tokens[None])  # (1, F, P, D)
+        vis, dec_vis = self.split_tokens(visual_tokens[None])  # (1, F, P, D), decoder tokens
         f = visual_tokens.shape[0]
         ids = torch.tensor([self.prefix_ids(timestamps_s)])
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
-        dec_vis = visual_tokens if self.config.frame_grid != self.config.pooled_grid else vis[0]
-        return WindowPrefix(dec_vis, stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
+        return WindowPrefix(dec_vis[0], stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
 
     @torch.no_grad()
     def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None) -> list[Grounding]:
@@ -207,8 +206,7 @@ class SpaceVLLM(nn.Module):
         """Recompute the whole sequence for one question (either prompt order)."""
         if visual_tokens is None:
             visual_tokens = self.encode_frames(pixels)  # (F, G, D)
-        vis = self.llm_tokens(visual_tokens[None])  # (1, F, P, D)
-        dec_vis = visual_tokens[None] if self.config.frame_grid != self.config.pooled_grid else vis
+        vis, dec_vis = self.split_tokens(visual_tokens[None])  # (1, F, P, D), decoder tokens
         f = visual_tokens.shape[0]
         video = self.prefix_ids(list(timestamps_s))
         qids = self.question_ids(question, task)
@@ -280,9 +278,6 @@ class SpaceVLLM(nn.Module):
             return 0
         step = (timestamps_s[-1] - timestamps_s[0]) / (len(timestamps_s) - 1)
         return min(len(self.vocab.time_ids) - 1, int(math.ceil((timestamps_s[-1] + step) * 10 - 1e-6)))
-
-
-DECODER_MAX_PAIRS = 256  # (question, frame) pairs per space-decoder call: the exported graphs' batch limit
 
 
 def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: list[tuple[int, ...]]):

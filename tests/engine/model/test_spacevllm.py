@@ -31,7 +31,7 @@ def test_shapes_through_every_module_when_given_a_batch(tiny_model, tiny_config)
     # when the vision path and the full model run
     patches = tiny_model.vision_tower(b.pixels.flatten(0, 1))
     tokens = tiny_model.encode_frames(b.pixels.flatten(0, 1))
-    llm_tokens = tiny_model.llm_tokens(tokens.reshape(2, 6, 64, 32))
+    llm_tokens, decoder_tokens = tiny_model.split_tokens(tokens.reshape(2, 6, 64, 32))
     out = tiny_model(b.pixels, b.input_ids, b.attention_mask, b.question_index, b.question_mask)
     # then every shape is as documented
     assert patches.shape == (12, 64, 32)  # (B*F, grid*grid, C)
