@@ -33,7 +33,12 @@ def main(verbose: bool) -> None:
 @click.option("--task-mix", default="0.45,0.15,0.4", show_default=True, help="Shares of STVG, VTG, REC batches.")
 @click.option("--rec-batch-size", default=64, show_default=True, help="Batch size of single-image (REC) batches.")
 @click.option("--negative-rate", default=0.3, show_default=True, help="Share of samples whose caption matches nothing.")
-def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size, negative_rate) -> None:
+@click.option("--pair-rate", default=0.0, show_default=True,
+              help="Share of each batch made of contrastive pairs (a positive and its one-attribute near miss on the same clip).")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False),
+              help="Fine-tune this model directory's weights (fresh optimizer and schedule) instead of starting from scratch.")
+def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size, negative_rate,
+          pair_rate, init_from) -> None:
     """Train a model on synthetic Uni-STG scenes."""
     import torch
 
@@ -49,9 +54,11 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
         raise click.BadParameter("three non-negative numbers, e.g. 0.45,0.15,0.4", param_hint="--task-mix") from None
     if not 0 <= negative_rate < 1:
         raise click.BadParameter("a share in [0, 1)", param_hint="--negative-rate")
+    if not 0 <= pair_rate <= 1:
+        raise click.BadParameter("a share in [0, 1]", param_hint="--pair-rate")
     settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
-                             task_mix=mix, rec_batch_size=rec_batch_size, negative_rate=negative_rate)
-    metrics = run(load_config(config_path), Path(out), settings, resume=resume)
+                             task_mix=mix, rec_batch_size=rec_batch_size, negative_rate=negative_rate, pair_rate=pair_rate)
+    metrics = run(load_config(config_path), Path(out), settings, resume=resume, init_from=Path(init_from) if init_from else None)
     click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
 

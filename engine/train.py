@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from engine.data.collate import Batch, collate
-from engine.data.synthetic import make_sample
+from engine.data.synthetic import make_pair, make_sample
 from engine.model.checkpoint import load_model, save_model
 from engine.model.config import ScoreMode, SpaceVLLMConfig
 from engine.model.losses import SpaceVLLMCriterion
@@ -44,11 +44,14 @@ class TrainSettings:
     weight_decay: float = 0.01
     seed: int = 0
     frames: int = 16
+    image_size: int = 64  # set from the model's config by `train`
     task_mix: tuple[float, float, float] = (0.45, 0.15, 0.4)  # stvg, vtg, rec
     rec_batch_size: int = 64  # single images are ~16x cheaper than clips: bigger batches teach the visual words fast
     negative_rate: float = 0.3
+    pair_rate: float = 0.0  # share of each batch made of contrastive pairs (`make_pair`)
     checkpoint_every: int = 250
     eval_samples: int = 64
+    calibration_samples: int = 300
     max_minutes: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 = no limit
     workers: int = 1
 
@@ -58,8 +61,11 @@ def batch_samples(settings: TrainSettings, index: int, size: int):
     task = ("stvg", "vtg", "rec")[int(rng.choice(3, p=np.asarray(settings.task_mix) / sum(settings.task_mix)))]
     if task == "rec":
         size = settings.rec_batch_size
-    seeds = [int(x) for x in rng.integers(0, EVAL_SEED_OFFSET, size)]
-    return [make_sample(s, task, frames=settings.frames, negative_rate=settings.negative_rate) for s in seeds]
+    pairs = int(round(size * settings.pair_rate / 2))
+    seeds = [int(x) for x in rng.integers(0, EVAL_SEED_OFFSET, size - pairs)]
+    samples = [x for s in seeds[:pairs] for x in make_pair(s, task, frames=settings.frames, size=settings.image_size)]
+    return samples + [make_sample(s, task, frames=settings.frames, size=settings.image_size, negative_rate=settings.negative_rate)
+                      for s in seeds[pairs:]]
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -106,7 +112,7 @@ def quick_eval(model: SpaceVLLM, settings: TrainSettings, n: int) -> dict[str, f
     model.eval()
     t_list, v_list, pm, gm = [], [], [], []
     for i in range(n):
-        s = make_sample(EVAL_SEED_OFFSET + i, "stvg", frames=settings.frames, negative_rate=0.2)
+        s = make_sample(EVAL_SEED_OFFSET + i, "stvg", frames=settings.frames, size=settings.image_size, negative_rate=0.2)
         px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
         g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
         pm.append(g.score >= 0.5)
@@ -147,7 +153,7 @@ def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_o
     model.eval()
     answer, presence, labels = [], [], []
     for i in range(n):
-        s = make_sample(seed_offset + i, "stvg", frames=frames, negative_rate=0.2)
+        s = make_sample(seed_offset + i, "stvg", frames=frames, size=model.config.vision.image_size, negative_rate=0.2)
         px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
         g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
         answer.append(g.answer_score)
@@ -164,14 +170,21 @@ def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_o
                      "recall": float((scores[labels] >= t).mean()), "no_match_accuracy": float((scores[~labels] < t).mean())}
 
 
-def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool = False) -> dict[str, float]:
+def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool = False,
+          init_from: Path | None = None) -> dict[str, float]:
+    """Train `config` from scratch, continue the run in `out` (`resume`), or fine-tune the weights of the
+    model in `init_from` (its config and tokenizer; fresh optimizer and schedule)."""
     torch.manual_seed(settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / "train_state.json").is_file():
         model = load_model(out, allow_missing=("motion.",))
         log.info("resuming from %s", out)
+    elif init_from is not None:
+        model = load_model(init_from)
+        log.info("fine-tuning %s", init_from)
     else:
         model = build_spacevllm(config, train_tokenizer(config.max_time_s))
+    settings = dataclasses.replace(settings, image_size=model.config.vision.image_size)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "stq" not in n and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "stq" not in n and "pos" not in n)]
@@ -223,7 +236,7 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     finally:
         bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
-    threshold, mode, calib = calibrate_threshold(model, frames=settings.frames)
+    threshold, mode, calib = calibrate_threshold(model, n=settings.calibration_samples, frames=settings.frames)
     model.config = dataclasses.replace(model.config, default_threshold=threshold, score=mode)
     save_model(model, out)
     log.info("calibrated score %s, default threshold %.2f (%s)", mode.value, threshold, calib)

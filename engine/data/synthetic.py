@@ -99,9 +99,53 @@ def target_labels(scene: Scene, target, timestamps_s) -> tuple[np.ndarray, np.nd
     return boxes, present
 
 
+NEAR_MISS_ATTRIBUTES = {"colour": 0.4, "direction": 0.3, "shape": 0.2, "size": 0.1}
+
+
+def near_miss_caption(scene: Scene, caption: str, rng: np.random.Generator, with_motion: bool = True) -> str | None:
+    """`caption` (of the grammar) with one attribute changed, so that it names no object of `scene`: colour
+    40%, direction 30% (added when the caption has none), shape 20%, size 10% (likewise). None if the drawn
+    change names an object of the scene. `with_motion` False (REC images) never touches direction."""
+    words = caption.split()[1:]
+    size = words.pop(0) if words[0] in SIZES else None
+    colour, shape = words[0], words[1]
+    direction = None if len(words) < 3 else ("still" if words[2] == "standing" else words[3])
+    names = [n for n in NEAR_MISS_ATTRIBUTES if with_motion or n != "direction"]
+    p = np.asarray([NEAR_MISS_ATTRIBUTES[n] for n in names])
+    which = names[int(rng.choice(len(names), p=p / p.sum()))]
+    if which == "colour":
+        colour = str(rng.choice([c for c in COLOURS if c != colour]))
+    elif which == "shape":
+        shape = str(rng.choice([s for s in SHAPES if s != shape]))
+    elif which == "size":
+        size = "small" if size == "large" else "large" if size == "small" else str(rng.choice(list(SIZES)))
+    else:
+        direction = str(rng.choice([d for d in DIRECTIONS if d != direction]))
+    if any(matches(o, colour, shape, size, direction) for o in scene.objects):
+        return None
+    words = ["the"] + ([size] if size else []) + [colour, shape]
+    if direction is not None and with_motion:
+        words.append("standing still" if direction == "still" else f"moving {direction}")
+    return " ".join(words)
+
+
 def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative_rate: float = 0.2,
                 max_render_pixels: int = 192 * 144, compress_rate: float = 0.35) -> Sample:
     """One deterministic sample. Clips of 4-12 s (REC: one image), varied resolution, background, speed."""
+    return _make(seed, task, frames, size, negative_rate, max_render_pixels, compress_rate, contrast=False)[0]
+
+
+def make_pair(seed: int, task: str, frames: int = 16, size: int = 64, max_render_pixels: int = 192 * 144,
+              compress_rate: float = 0.35) -> tuple[Sample, Sample]:
+    """A contrastive pair on the same pixels: a positive, and a negative whose caption is the positive's
+    with one attribute changed (`near_miss_caption`). Only the words tell them apart, so the pair teaches
+    the answer (`none` or a span) and the decoder's presence to read every attribute."""
+    pos, neg = _make(seed, task, frames, size, 0.0, max_render_pixels, compress_rate, contrast=True)
+    return pos, neg
+
+
+def _make(seed: int, task: str, frames: int, size: int, negative_rate: float, max_render_pixels: int,
+          compress_rate: float, contrast: bool) -> list[Sample]:
     rng = np.random.default_rng(seed)
     duration = float(np.round(rng.uniform(4.0, 12.0), 1)) if task != "rec" else 1.0
     w, h = RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
@@ -131,6 +175,10 @@ def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative
                 caption = describe(target, "small" in caption.split() or "large" in caption.split(), False)
                 if any(matches(o, target.colour, target.shape, target.size if len(caption.split()) > 3 else None, None) for o in others):
                     continue
+            if contrast:
+                near_miss = near_miss_caption(scene, caption, rng, with_motion=task != "rec")
+                if near_miss is None:
+                    continue
         break
     else:
         raise RuntimeError(f"seed {seed}: no valid sample in 50 scenes")
@@ -146,4 +194,8 @@ def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative
         span = (round(max(0.0, target.t_in), 1), round(min(duration, target.t_out), 1))
         in_span = np.array([span[0] - 1e-6 <= t <= span[1] + 1e-6 for t in timestamps])
         present &= in_span
-    return Sample(task, pixels, timestamps, caption, span, boxes, present, in_span)
+    sample = Sample(task, pixels, timestamps, caption, span, boxes, present, in_span)
+    if not contrast:
+        return [sample]
+    none = np.zeros(len(timestamps), dtype=bool)
+    return [sample, Sample(task, pixels, timestamps, near_miss, None, np.zeros_like(boxes), none, none)]
