@@ -62,6 +62,9 @@ def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
 
 
 TRAINING_ONLY = ("answer_probe_",)  # parameters with no inference role: a checkpoint may leave them out
+# zero-initialised additions that are exact no-ops at their initialisation: a checkpoint from before them
+# loads and grounds exactly as it did
+ZERO_INIT_ADDITIONS = ("answer_words.", "decoder_words.")
 
 
 def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
@@ -94,7 +97,7 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
     if kept:
         log.warning("keeping %d newly added tensors at initialisation: %s", len(kept), sorted(kept))
-    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(TRAINING_ONLY)})
+    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(TRAINING_ONLY + ZERO_INIT_ADDITIONS)})
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()

@@ -74,6 +74,16 @@ class SpaceVLLM(nn.Module):
         nn.init.zeros_(self.motion.weight)
         nn.init.zeros_(self.motion.bias)
         self.space_decoder = decoder
+        # the question's words straight from the embedding table, past the LLM's attention: the answering
+        # token (`<a>`, which decides `none` or a span) gets their mean added to its input, so its first
+        # layer can already look for what the words say; the space decoder gets each word's embedding added
+        # to that word's last-layer state. Zero-initialised: no-ops until trained, and checkpoints
+        # without them load unchanged (`checkpoint.ZERO_INIT_ADDITIONS`).
+        self.answer_words = nn.Linear(hidden, hidden)
+        self.decoder_words = nn.Linear(hidden, hidden)
+        for layer in (self.answer_words, self.decoder_words):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         # training probe (no inference role): from the state that answers, which frames hold the target
         # (a bilinear score against each frame's STQ state); it teaches that state to find the target
         probe = max(16, hidden // 2)
@@ -118,6 +128,23 @@ class SpaceVLLM(nn.Module):
             emb = splice(emb, input_ids, self.vocab.st, queries, "spatio-temporal queries")
         return emb
 
+    def _with_answer_words(self, emb: torch.Tensor, q_pos: torch.Tensor, q_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """emb (B, L, D) input embeddings; q_pos (B, Lq) positions of the question tokens (the last real one
+        is `<a>`), q_mask (B, Lq). Returns (emb with the mean question-word embedding, through
+        `answer_words`, added at `<a>`; the question tokens' raw embeddings (B, Lq, D))."""
+        b = emb.shape[0]
+        words = torch.gather(emb, 1, q_pos[..., None].expand(-1, -1, emb.shape[-1]))  # (B, Lq, D)
+        m = q_mask.to(words.dtype)[..., None]
+        mean = (words * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
+        rows = torch.arange(b)
+        answer_at = q_pos[rows, q_mask.sum(1) - 1]  # (B,)
+        return emb.index_put((rows, answer_at), emb[rows, answer_at] + self.answer_words(mean)), words
+
+    def _decoder_question_states(self, q_states: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Last-layer states of the question tokens (B, Lq, D) with their raw embeddings (through
+        `decoder_words`) added: what the space decoder reads."""
+        return q_states + self.decoder_words(words)
+
     def _stq_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         return (input_ids == self.vocab.st) | (input_ids == self.vocab.st_img)
 
@@ -133,12 +160,12 @@ class SpaceVLLM(nn.Module):
         b, f = pixels.shape[:2]
         frame_tokens = self.encode_frames(pixels.flatten(0, 1)).reshape(b, f, self.config.frame_tokens, -1)  # (B, F, G, D)
         vis, dec_vis = self.split_tokens(frame_tokens)  # (B, F, P, D), decoder tokens
-        emb = self._embed(input_ids, vis, f)
+        emb, words = self._with_answer_words(self._embed(input_ids, vis, f), question_index, question_mask)
         out = self.language_model(inputs_embeds=emb, attention_mask=attention_mask, output_hidden_states=True)
         last = out.hidden_states[-1]  # (B, L, D)
         stq_states = last[self._stq_positions(input_ids)].reshape(b, f, -1)  # (B, F, D)
         q_states = torch.gather(last, 1, question_index[..., None].expand(-1, -1, last.shape[-1]))  # (B, Lq, D)
-        dec = self.space_decoder(stq_states, dec_vis, q_states, question_mask)
+        dec = self.space_decoder(stq_states, dec_vis, self._decoder_question_states(q_states, words), question_mask)
         last_q = question_mask.sum(1) - 1  # (B,) the last question token predicts the first answer token
         answer_state = q_states[torch.arange(b), last_q]  # (B, D)
         return SpaceVLLMOutput(logits=out.logits, decoder=dec, answer_presence_logits=self.answer_presence(answer_state, stq_states))
@@ -191,12 +218,13 @@ class SpaceVLLM(nn.Module):
         cache.batch_repeat_interleave(n)
         attn = torch.cat([torch.ones(n, prefix.length, dtype=torch.long), qmask], dim=1)
         pos = (prefix.length + torch.arange(lq))[None].expand(n, -1)
-        emb = self.language_model.get_input_embeddings()(ids)
+        emb, words = self._with_answer_words(self.language_model.get_input_embeddings()(ids),
+                                             torch.arange(lq)[None].expand(n, -1), qmask)
         out = self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
                                   past_key_values=cache, use_cache=True, output_hidden_states=True)
         lengths = qmask.sum(1)  # (N,)
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
-        q_states = out.hidden_states[-1]  # (N, Lq, D)
+        q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
         return self._finish(first, out.past_key_values, attn, prefix.length + lengths, prefix.timestamps_s,
                             prefix.stq_states, prefix.visual_tokens, q_states, qmask, decoder or self.space_decoder)
 
@@ -211,19 +239,18 @@ class SpaceVLLM(nn.Module):
         video = self.prefix_ids(list(timestamps_s))
         qids = self.question_ids(question, task)
         if self.config.prompt_order is PromptOrder.VIDEO_FIRST:
-            seq, q_start = video + qids, len(video)
+            seq, q_pos = video + qids, list(range(len(video), len(video) + len(qids)))
         else:  # question first: <q> words ... then the video, then <a>
-            seq, q_start = qids[:-1] + video + qids[-1:], 0
+            seq = qids[:-1] + video + qids[-1:]
+            q_pos = list(range(len(qids) - 1)) + [len(seq) - 1]
         ids = torch.tensor([seq])
-        emb = self._embed(ids, vis, f)
+        q_pos_t = torch.tensor([q_pos])
+        qmask = torch.ones(1, len(q_pos), dtype=torch.long)
+        emb, words = self._with_answer_words(self._embed(ids, vis, f), q_pos_t, qmask)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         last = out.hidden_states[-1]
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
-        if self.config.prompt_order is PromptOrder.VIDEO_FIRST:
-            q_states = last[:, q_start : q_start + len(qids)]
-        else:
-            q_states = torch.cat([last[:, : len(qids) - 1], last[:, -1:]], dim=1)
-        qmask = torch.ones(1, q_states.shape[1], dtype=torch.long)
+        q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long)
         return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), tuple(timestamps_s),
                             stq_states[0], dec_vis[0], q_states, qmask, self.space_decoder)[0]

@@ -48,10 +48,12 @@ def test_load_model_when_the_checkpoint_is_wrong_says_what(tiny_model, tmp_path,
         load_model(d)
 
 
-def test_a_checkpoint_without_the_training_only_probe_loads_and_grounds_the_same(tiny_model, tmp_path):
-    # given a saved model whose training-only answer probe was left out
+@pytest.mark.parametrize("left_out", [("answer_probe_",), ("answer_words.", "decoder_words.")],
+                         ids=["training-only probe", "zero-init question-word paths (older checkpoints)"])
+def test_a_checkpoint_without_optional_tensors_loads_and_grounds_the_same(tiny_model, tmp_path, left_out):
+    # given a saved model whose training-only probe, or whose (still zero) question-word paths, were left out
     d = save_model(tiny_model, tmp_path / "m")
-    state = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if not k.startswith("answer_probe_")}
+    state = {k: v for k, v in load_file(str(d / "model.safetensors")).items() if not k.startswith(left_out)}
     save_file(state, str(d / "model.safetensors"))
     # when it is loaded
     loaded = load_model(d)
