@@ -64,7 +64,7 @@ def check_state(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
 TRAINING_ONLY = ("answer_probe_",)  # parameters with no inference role: a checkpoint may leave them out
 # zero-initialised additions that are exact no-ops at their initialisation: a checkpoint from before them
 # loads and grounds exactly as it did
-ZERO_INIT_ADDITIONS = ("answer_words.", "decoder_words.", "decoder_motion.")
+ZERO_INIT_ADDITIONS = ("answer_words.", "decoder_words.")
 
 
 def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:

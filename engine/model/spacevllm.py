@@ -81,11 +81,7 @@ class SpaceVLLM(nn.Module):
         # without them load unchanged (`checkpoint.ZERO_INIT_ADDITIONS`).
         self.answer_words = nn.Linear(hidden, hidden)
         self.decoder_words = nn.Linear(hidden, hidden)
-        # motion for the space decoder's full-grid tokens (it decodes frames one by one, so a direction word
-        # has nothing to match without it): like `motion`, each token also sees its change from the previous
-        # and to the next frame; zero-initialised
-        self.decoder_motion = nn.Linear(2 * hidden, hidden)
-        for layer in (self.answer_words, self.decoder_words, self.decoder_motion):
+        for layer in (self.answer_words, self.decoder_words):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         # training probe (no inference role): from the state that answers, which frames hold the target
@@ -110,14 +106,13 @@ class SpaceVLLM(nn.Module):
             return vis, vis
         b, f, g, d = frame_tokens.shape
         vis = pool_grid(frame_tokens.reshape(b * f, g, d), self.config.frame_grid, self.config.pooled_grid)
-        return self.add_motion(vis.reshape(b, f, self.config.tokens_per_frame, d)), self.add_motion(frame_tokens, self.decoder_motion)
+        return self.add_motion(vis.reshape(b, f, self.config.tokens_per_frame, d)), frame_tokens
 
-    def add_motion(self, vis: torch.Tensor, mix: nn.Module | None = None) -> torch.Tensor:
-        """(B, F, P, D) per-frame tokens -> tokens with their temporal differences mixed in by `mix`
-        (default: the LLM's `motion`), same shape."""
+    def add_motion(self, vis: torch.Tensor) -> torch.Tensor:
+        """(B, F, P, D) per-frame tokens -> tokens with their temporal differences mixed in (same shape)."""
         prev = torch.cat([vis[:, :1], vis[:, :-1]], dim=1)  # (B, F, P, D), frame 0 is its own predecessor
         nxt = torch.cat([vis[:, 1:], vis[:, -1:]], dim=1)
-        return vis + (mix or self.motion)(torch.cat([vis - prev, nxt - vis], dim=-1))
+        return vis + self.motion(torch.cat([vis - prev, nxt - vis], dim=-1))
 
     def _embed(self, input_ids: torch.Tensor, visual_tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """Token embeddings with frames and STQs spliced in. visual_tokens: (B, F, P, D)."""

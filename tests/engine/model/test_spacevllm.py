@@ -76,7 +76,7 @@ def test_ground_with_shared_prefix_equals_grounding_each_question_from_scratch(t
     questions = ["the red circle", "the small blue square moving left", "the white triangle standing still"]
     # and the question-word paths switched on (they start at zero)
     with torch.no_grad():
-        for layer in (tiny_model.answer_words, tiny_model.decoder_words, tiny_model.decoder_motion):
+        for layer in (tiny_model.answer_words, tiny_model.decoder_words):
             layer.weight.normal_(0, 0.5)
     # when grounded together against one prefix and separately from scratch
     shared = tiny_model.ground(tiny_model.encode_window(px, ts), questions)
@@ -140,7 +140,6 @@ def test_gradients_reach_stq_embeddings_and_the_decoder(tiny_model, tiny_config)
     assert tiny_model.answer_probe_q.weight.grad.abs().sum() > 0 and tiny_model.answer_probe_k.weight.grad.abs().sum() > 0
     # and the zero-initialised question-word paths get one too (they can leave zero)
     assert tiny_model.answer_words.weight.grad.abs().sum() > 0 and tiny_model.decoder_words.weight.grad.abs().sum() > 0
-    assert tiny_model.decoder_motion.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("mode", list(ScoreMode))
