@@ -44,7 +44,6 @@ class TrainSettings:
     weight_decay: float = 0.01
     seed: int = 0
     frames: int = 16
-    image_size: int = 64  # set from the model's config by `train`
     task_mix: tuple[float, float, float] = (0.45, 0.15, 0.4)  # stvg, vtg, rec
     rec_batch_size: int = 64  # single images are ~16x cheaper than clips: bigger batches teach the visual words fast
     negative_rate: float = 0.3
@@ -56,15 +55,15 @@ class TrainSettings:
     workers: int = 1
 
 
-def batch_samples(settings: TrainSettings, index: int, size: int):
+def batch_samples(settings: TrainSettings, index: int, size: int, image_size: int = 64):
     rng = np.random.default_rng([settings.seed, index])
     task = ("stvg", "vtg", "rec")[int(rng.choice(3, p=np.asarray(settings.task_mix) / sum(settings.task_mix)))]
     if task == "rec":
         size = settings.rec_batch_size
     pairs = int(round(size * settings.pair_rate / 2))
     seeds = [int(x) for x in rng.integers(0, EVAL_SEED_OFFSET, size - pairs)]
-    samples = [x for s in seeds[:pairs] for x in make_pair(s, task, frames=settings.frames, size=settings.image_size)]
-    return samples + [make_sample(s, task, frames=settings.frames, size=settings.image_size, negative_rate=settings.negative_rate)
+    samples = [x for s in seeds[:pairs] for x in make_pair(s, task, frames=settings.frames, size=image_size)]
+    return samples + [make_sample(s, task, frames=settings.frames, size=image_size, negative_rate=settings.negative_rate)
                       for s in seeds[pairs:]]
 
 
@@ -112,7 +111,8 @@ def quick_eval(model: SpaceVLLM, settings: TrainSettings, n: int) -> dict[str, f
     model.eval()
     t_list, v_list, pm, gm = [], [], [], []
     for i in range(n):
-        s = make_sample(EVAL_SEED_OFFSET + i, "stvg", frames=settings.frames, size=settings.image_size, negative_rate=0.2)
+        s = make_sample(EVAL_SEED_OFFSET + i, "stvg", frames=settings.frames, size=model.config.vision.image_size,
+                        negative_rate=0.2)
         px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
         g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
         pm.append(g.score >= 0.5)
@@ -184,7 +184,6 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
         log.info("fine-tuning %s", init_from)
     else:
         model = build_spacevllm(config, train_tokenizer(config.max_time_s))
-    settings = dataclasses.replace(settings, image_size=model.config.vision.image_size)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "stq" not in n and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "stq" not in n and "pos" not in n)]
@@ -195,7 +194,8 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     tok, vocab, p = model.tokenizer, model.vocab, model.config.tokens_per_frame
 
     def make(index: int) -> Batch:
-        return collate(batch_samples(settings, index, settings.batch_size), vocab, tok, p, model.config.prompt_order)
+        return collate(batch_samples(settings, index, settings.batch_size, model.config.vision.image_size), vocab, tok, p,
+                       model.config.prompt_order)
 
     started = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=settings.workers)

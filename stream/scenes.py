@@ -52,7 +52,7 @@ class SceneObject:
         return self.t_in <= t <= self.t_out
 
     def motion_phrase(self) -> str:
-        return "standing still" if self.direction == "still" else f"moving {self.direction}"
+        return motion_phrase(self.direction)
 
 
 @dataclass(frozen=True)
@@ -153,15 +153,21 @@ def _draw(img: np.ndarray, obj: SceneObject, t: float, scene: Scene) -> None:
     img[y0:y1, x0:x1][mask] = COLOURS[obj.colour]
 
 
-def describe(obj: SceneObject, with_size: bool, with_motion: bool) -> str:
+def motion_phrase(direction: str) -> str:
+    return "standing still" if direction == "still" else f"moving {direction}"
+
+
+def make_caption(colour: str, shape: str, size: str | None = None, direction: str | None = None) -> str:
     """A caption of spec v1's grammar: `the [size] <colour> <shape> [moving <dir> | standing still]`."""
-    words = ["the"]
-    if with_size:
-        words.append(obj.size)
-    words += [obj.colour, obj.shape]
-    if with_motion:
-        words.append(obj.motion_phrase())
+    words = ["the"] + ([size] if size else []) + [colour, shape]
+    if direction is not None:
+        words.append(motion_phrase(direction))
     return " ".join(words)
+
+
+def describe(obj: SceneObject, with_size: bool, with_motion: bool) -> str:
+    """The caption of `obj`, with its size and motion when asked."""
+    return make_caption(obj.colour, obj.shape, obj.size if with_size else None, obj.direction if with_motion else None)
 
 
 def matches(obj: SceneObject, colour: str, shape: str, size: str | None, direction: str | None) -> bool:

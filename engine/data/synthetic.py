@@ -12,7 +12,7 @@ import av
 import numpy as np
 
 from stream.imagecodec import resize
-from stream.scenes import COLOURS, DIRECTIONS, RESOLUTIONS_WH, SHAPES, SIZES, Scene, box_at, describe, matches, random_scene, render_frame, unambiguous_caption
+from stream.scenes import COLOURS, DIRECTIONS, RESOLUTIONS_WH, SHAPES, SIZES, Scene, box_at, describe, make_caption, matches, random_scene, render_frame, unambiguous_caption
 
 TASKS = ("stvg", "vtg", "rec")
 
@@ -70,10 +70,7 @@ def negative_caption(scene: Scene, rng: np.random.Generator) -> str:
             direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))] if rng.random() < 0.6 else None
         if any(matches(x, colour, shape, size, direction) for x in objs):
             continue
-        words = ["the"] + ([size] if size else []) + [colour, shape]
-        if direction is not None:
-            words.append("standing still" if direction == "still" else f"moving {direction}")
-        return " ".join(words)
+        return make_caption(colour, shape, size, direction)
     raise RuntimeError("could not find a negative caption")
 
 
@@ -102,11 +99,11 @@ def target_labels(scene: Scene, target, timestamps_s) -> tuple[np.ndarray, np.nd
 NEAR_MISS_ATTRIBUTES = {"colour": 0.4, "direction": 0.3, "shape": 0.2, "size": 0.1}
 
 
-def near_miss_caption(scene: Scene, caption: str, rng: np.random.Generator, with_motion: bool = True) -> str | None:
-    """`caption` (of the grammar) with one attribute changed, so that it names no object of `scene`: colour
+def near_miss_caption(scene: Scene, text: str, rng: np.random.Generator, with_motion: bool = True) -> str | None:
+    """`text` (a caption of the grammar) with one attribute changed, so that it names no object of `scene`: colour
     40%, direction 30% (added when the caption has none), shape 20%, size 10% (likewise). None if the drawn
     change names an object of the scene. `with_motion` False (REC images) never touches direction."""
-    words = caption.split()[1:]
+    words = text.split()[1:]
     size = words.pop(0) if words[0] in SIZES else None
     colour, shape = words[0], words[1]
     direction = None if len(words) < 3 else ("still" if words[2] == "standing" else words[3])
@@ -123,10 +120,7 @@ def near_miss_caption(scene: Scene, caption: str, rng: np.random.Generator, with
         direction = str(rng.choice([d for d in DIRECTIONS if d != direction]))
     if any(matches(o, colour, shape, size, direction) for o in scene.objects):
         return None
-    words = ["the"] + ([size] if size else []) + [colour, shape]
-    if direction is not None and with_motion:
-        words.append("standing still" if direction == "still" else f"moving {direction}")
-    return " ".join(words)
+    return make_caption(colour, shape, size, direction if with_motion else None)
 
 
 def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative_rate: float = 0.2,
