@@ -14,6 +14,14 @@ from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict,
 DEFAULT_MODEL_DIR = str(Path(__file__).resolve().parent.parent / "models" / "tiny")
 
 
+def default_data_dir() -> str:
+    """Where the service keeps its state (the embedded Redis's AOF, generated secrets): $SVL_DATA_DIR, else
+    $XDG_DATA_HOME/spacevllm, else ~/.local/share/spacevllm."""
+    if os.environ.get("SVL_DATA_DIR"):
+        return os.environ["SVL_DATA_DIR"]
+    return str(Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "spacevllm")
+
+
 class EngineSettings(Strict):
     model: str = DEFAULT_MODEL_DIR
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
@@ -38,6 +46,7 @@ class QuerySpec(Strict):
 
 
 class ServiceConfig(Strict):
+    data_dir: str | None = None  # None: $SVL_DATA_DIR, else ~/.local/share/spacevllm (see default_data_dir)
     redis: RedisSettings = RedisSettings()
     windows: WindowSettings = WindowSettings()
     ingest: IngestSettings = IngestSettings()
@@ -66,9 +75,20 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
     except ValidationError as exc:
         lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"{path or 'defaults'}: invalid config\n  " + "\n  ".join(lines)) from None
-    url = os.environ.get("REDIS_URL")
-    if url:
-        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url})})
+    overrides = {}
+    if os.environ.get("REDIS_URL"):
+        overrides["url"] = os.environ["REDIS_URL"]
+    cluster = os.environ.get("REDIS_CLUSTER")
+    if cluster is not None and cluster != "":
+        if cluster not in ("0", "1", "true", "false"):
+            raise ConfigError(f"REDIS_CLUSTER must be 1 or 0, got {cluster!r}")
+        overrides["cluster"] = cluster in ("1", "true")
+    if overrides:
+        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update=overrides)})
+    if cfg.redis.cluster and not cfg.redis.url:
+        raise ConfigError(f"{path or 'defaults'}: redis.cluster needs redis.url (a node of the Cluster); the embedded Redis is standalone")
+    if cfg.data_dir is None:
+        cfg = cfg.model_copy(update={"data_dir": default_data_dir()})
     ids = [c.id for c in cfg.cameras]
     if len(ids) != len(set(ids)):
         raise ConfigError(f"{path}: camera ids must be unique, got {ids}")

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stream.keys import check_id
+from stream.keys import DEFAULT_SHARDS, Keys, check_id
 
 
 class Strict(BaseModel):
@@ -14,8 +14,14 @@ class Strict(BaseModel):
 
 class RedisSettings(Strict):
     url: str | None = None  # None: start the embedded Redis; the REDIS_URL environment variable overrides
-    data_dir: str | None = None  # embedded server's data directory (AOF); default: a temp directory
+    cluster: bool = False  # the URL names a node of a Redis Cluster; REDIS_CLUSTER=1|0 overrides
+    shards: int = Field(DEFAULT_SHARDS, ge=1, le=1024)  # window/event shards (stream/keys.py); one value per deployment
+    data_dir: str | None = None  # embedded server's data directory (AOF); default: <data_dir>/redis of the service
+    maxmemory: str = "1gb"  # embedded server's memory cap (policy volatile-ttl: frames, which carry TTLs, go first)
     prefix: str = "svl:"
+
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.shards)
 
 
 class WindowSettings(Strict):

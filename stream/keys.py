@@ -1,12 +1,34 @@
-"""Every Redis key and channel, from one place. `{camera_id}` hash tags keep a camera's keys in
-one Redis Cluster slot. Camera and query ids are validated (`[A-Za-z0-9_.-]{1,64}`) before
-they become key parts."""
+"""Every Redis key and channel, from one place, laid out so that Redis Cluster works.
+
+The Cluster rule: every transaction and multi-key command touches keys of one hash slot.
+
+- A camera's frames and health carry its own tag, `{camera_id}`: ingest writes them, the engine
+  reads a window's frames with one MGET.
+- Work is split into a fixed number of **shards** (`redis.shards`, default 8). A camera belongs to
+  shard `crc32(camera_id) % shards`. Everything the engine's commit touches for that camera carries
+  the shard's tag, `{s<k>}`: the shard's window stream (one consumer group per shard), the event
+  lifecycle state of each (camera, query), the window `done` markers, the set of open events, the
+  shard's event stream and its dead letters. So one window's commit (state + events + done marker +
+  XACK) is one MULTI in one slot, and shards spread over the Cluster's nodes.
+- The all-cameras event feed is the union of the shards' event streams; a reader follows every
+  shard with a cursor that holds one stream id per shard (`engine.feed.EventFeed`). A camera's
+  events are the entries of its shard's stream whose `camera` field is that camera.
+- Global single-key objects (the query hash, the camera set, the layout record, heartbeats) have no
+  tag; no command combines them with another key.
+
+The shard count is part of the layout: every process of one deployment must use the same one
+(`check_layout` refuses a mismatch with one clear line). Camera and query ids are validated
+(`[A-Za-z0-9_.-]{1,64}`) before they become key parts.
+"""
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "svl:"
+DEFAULT_SHARDS = 8
+LAYOUT_VERSION = 2
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -19,7 +41,26 @@ def check_id(value: str, what: str) -> str:
 @dataclass(frozen=True)
 class Keys:
     prefix: str = DEFAULT_PREFIX
+    shards: int = DEFAULT_SHARDS
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= 1024:
+            raise ValueError(f"shards must be in [1, 1024], got {self.shards}")
+
+    # ---- shards --------------------------------------------------------------------------
+    def shard_of(self, camera_id: str) -> int:
+        """Stable camera -> shard map (crc32, the same in every process and Python version)."""
+        return zlib.crc32(camera_id.encode()) % self.shards
+
+    def all_shards(self) -> range:
+        return range(self.shards)
+
+    def _shard(self, shard: int) -> str:
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} outside [0, {self.shards})")
+        return f"{self.prefix}{{s{shard}}}"
+
+    # ---- a camera's own slot (ingest) ----------------------------------------------------
     def frame(self, camera_id: str, ts_ms: int) -> str:
         return f"{self.prefix}{{{camera_id}}}:frame:{ts_ms}"
 
@@ -29,15 +70,54 @@ class Keys:
     def health(self, camera_id: str) -> str:
         return f"{self.prefix}{{{camera_id}}}:health"
 
-    def cameras(self) -> str:
-        """Set of camera ids that an ingest worker has announced."""
-        return f"{self.prefix}cameras"
+    # ---- a shard's slot (windows, lifecycle, events) -------------------------------------
+    def windows(self, shard: int) -> str:
+        """The shard's window stream (consumer group `engine.group`)."""
+        return f"{self._shard(shard)}:windows"
 
-    def windows(self) -> str:
-        return f"{self.prefix}windows"
+    def windows_for(self, camera_id: str) -> str:
+        return self.windows(self.shard_of(camera_id))
+
+    def dead_windows(self, shard: int) -> str:
+        """Windows that failed `engine.max_deliveries` times, with the error text."""
+        return f"{self._shard(shard)}:windows:dead"
+
+    def events(self, shard: int) -> str:
+        """The shard's durable event stream; the all-cameras feed is the union over shards."""
+        return f"{self._shard(shard)}:events"
+
+    def events_for(self, camera_id: str) -> str:
+        return self.events(self.shard_of(camera_id))
+
+    def event_record(self, shard: int, event_id: str) -> str:
+        """The latest version of one event (JSON), for lookups by id; expires with the event retention."""
+        return f"{self._shard(shard)}:evt:{event_id}"
+
+    def event_state(self, camera_id: str, query_id: str) -> str:
+        return f"{self._shard(self.shard_of(camera_id))}:event:{camera_id}:{query_id}"
+
+    def open_events(self, shard: int) -> str:
+        """Set of `camera_id/query_id` pairs whose event is open in this shard (what the idle check visits)."""
+        return f"{self._shard(shard)}:open"
+
+    def window_done(self, camera_id: str, window_id: str) -> str:
+        """Marks a window whose events were written (a window processed twice yields nothing more)."""
+        return f"{self._shard(self.shard_of(camera_id))}:done:{window_id}"
+
+    # ---- global single keys --------------------------------------------------------------
+    def layout(self) -> str:
+        """A hash recording the layout version and shard count this deployment uses."""
+        return f"{self.prefix}layout"
+
+    def cameras(self) -> str:
+        """Set of camera ids that an ingest worker has announced (pruned when their health expires)."""
+        return f"{self.prefix}cameras"
 
     def heartbeat(self, role: str, worker_id: str) -> str:
         return f"{self.prefix}heartbeat:{role}:{worker_id}"
+
+    def heartbeat_pattern(self, role: str) -> str:
+        return f"{self.prefix}heartbeat:{role}:*"
 
     def queries(self) -> str:
         return f"{self.prefix}queries"
@@ -45,15 +125,23 @@ class Keys:
     def queries_changed(self) -> str:
         return f"{self.prefix}queries:changed"
 
-    def events(self) -> str:
-        return f"{self.prefix}events"
-
     def events_channel(self, camera_id: str) -> str:
+        """Live push (pub/sub) of a camera's events; not durable."""
         return f"{self.prefix}events:{camera_id}"
 
-    def event_state(self, camera_id: str, query_id: str) -> str:
-        return f"{self.prefix}{{{camera_id}}}:event:{query_id}"
 
-    def window_done(self, camera_id: str, window_id: str) -> str:
-        """Marks a window whose events were written (idempotent re-processing)."""
-        return f"{self.prefix}{{{camera_id}}}:done:{window_id}"
+class LayoutMismatch(RuntimeError):
+    """The Redis data was written with another key layout or shard count."""
+
+
+def check_layout(client, keys: Keys) -> None:
+    """Record this process's layout in Redis, or refuse one that disagrees with what is recorded there."""
+    fields = {"version": str(LAYOUT_VERSION), "shards": str(keys.shards)}
+    client.hsetnx(keys.layout(), "version", fields["version"])
+    client.hsetnx(keys.layout(), "shards", fields["shards"])
+    stored = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+              for k, v in client.hgetall(keys.layout()).items()}
+    if stored.get("version") != fields["version"] or stored.get("shards") != fields["shards"]:
+        raise LayoutMismatch(f"Redis under prefix {keys.prefix!r} uses layout version {stored.get('version')} with "
+                             f"{stored.get('shards')} shards; this process is configured for version {LAYOUT_VERSION} with "
+                             f"{keys.shards} shards (set redis.shards to match, or use another prefix)")

@@ -84,13 +84,14 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-def connect(url: str, **kwargs) -> redis.Redis:
-    """A client for `redis://`, `rediss://` or `unix://` URLs (user and password in the URL)."""
+def connect(url: str, cluster: bool = False, **kwargs) -> redis.Redis:
+    """A client for `redis://`, `rediss://` or `unix://` URLs (user and password in the URL); with `cluster`, a
+    Redis Cluster client that discovers the other nodes from this one."""
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("socket_connect_timeout", 5)
-    kwargs.setdefault("health_check_interval", 15)
-    if os.environ.get("REDIS_CLUSTER") == "1":
+    if cluster:
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **kwargs)
+    kwargs.setdefault("health_check_interval", 15)
     return redis.Redis.from_url(url, **kwargs)

@@ -1,7 +1,7 @@
 """The event lifecycle, pure: given a state and one window's observation, then the next state and events."""
 from __future__ import annotations
 
-from engine.events import Box, EventState, EventType, GroundingEvent, Observation, advance, close
+from engine.events import Box, EndReason, EventState, EventType, GroundingEvent, Observation, advance, close
 from engine.queries import validate_query
 
 Q = validate_query({"id": "q1", "text": "the red circle", "cooldown_s": 4.0, "min_duration_s": 1.0})
@@ -36,6 +36,7 @@ def test_new_then_update_then_end_after_cooldown():
     assert evs == []
     st, evs = advance(st, obs(6), Q, "cam", "tiny")  # 14 - 9 >= cooldown 4
     assert [e.type for e in evs] == [EventType.END] and evs[0].end_ts == 9.0 and not st.open
+    assert evs[0].reason is EndReason.ENDED and evs[0].to_dict()["reason"] == "ended"
 
 
 def test_event_ids_are_deterministic_and_events_round_trip():
@@ -49,5 +50,11 @@ def test_event_ids_are_deterministic_and_events_round_trip():
 def test_close_ends_a_published_event_and_state_round_trips():
     st, _ = advance(EventState(), obs(0, (2.0, 6.0)), Q, "cam", "tiny")
     assert EventState.from_json(st.to_json()) == st
-    st2, evs = close(st, Q, "cam", "cam:stopped", "tiny")
+    st2, evs = close(st, Q.id, "cam", "cam:stopped", "tiny", EndReason.QUERY_REMOVED)
     assert [e.type for e in evs] == [EventType.END] and not st2.open
+    # the end names its reason and the text the event was opened for, and round-trips with it
+    assert evs[0].reason is EndReason.QUERY_REMOVED and evs[0].query_text == Q.text
+    assert GroundingEvent.from_dict(evs[0].to_dict()) == evs[0]
+    # only `end` events carry a reason
+    new = advance(EventState(), obs(0, (2.0, 6.0)), Q, "cam", "tiny")[1][0]
+    assert "reason" not in new.to_dict()
