@@ -133,7 +133,8 @@ def _service_config(path):
 
 
 def _client(config_path, redis_url):
-    from stream.keys import Keys
+    from engine.service import redact
+    from stream.keys import LayoutMismatch, check_layout
     from stream.redis_server import connect
 
     cfg = _service_config(config_path)
@@ -141,12 +142,15 @@ def _client(config_path, redis_url):
     if not url:
         raise click.ClickException("no Redis URL: pass --redis-url, set REDIS_URL, or set redis.url in the config "
                                    "(`spacevllm up` prints the URL of its embedded Redis)")
-    client = connect(url)
     try:
+        client = connect(url, cluster=cfg.redis.cluster)
         client.ping()
+        check_layout(client, cfg.redis.keys())
+    except LayoutMismatch as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # redis errors of any kind: one clear line
-        raise click.ClickException(f"cannot reach Redis at {url}: {exc}") from None
-    return client, Keys(cfg.redis.prefix)
+        raise click.ClickException(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    return client, cfg.redis.keys()
 
 
 config_option = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -157,9 +161,15 @@ redis_option = click.option("--redis-url", default=None, envvar="REDIS_URL", hel
 @main.command("validate-config")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def validate_config(path) -> None:
-    """Check a service config file."""
+    """Check a service config file, and that its model directory would load (without reading the weights)."""
+    from engine.model.checkpoint import CheckpointError, check_model_dir
+
     cfg = _service_config(path)
-    click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, backend {cfg.engine.backend})")
+    try:
+        model = check_model_dir(cfg.engine.model)
+    except CheckpointError as exc:
+        raise click.ClickException(f"{path}: engine.model: {exc}") from None
+    click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, model {model}, backend {cfg.engine.backend})")
 
 
 @main.command()
@@ -168,29 +178,33 @@ def validate_config(path) -> None:
 def up(config_path, max_seconds) -> None:
     """The main job: embedded Redis, demo camera, ingest, one engine worker, events printed live."""
     from engine.model.checkpoint import CheckpointError
-    from engine.service import run_up
+    from engine.service import ServiceError, run_up
 
     try:
         run_up(_service_config(config_path), click.echo, max_seconds=max_seconds)
     except CheckpointError as exc:
         raise click.ClickException(f"cannot load the model: {exc}") from None
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
 @config_option
 def ingest(config_path) -> None:
     """Ingest the configured cameras into Redis windows (until SIGTERM/SIGINT)."""
-    from engine.service import open_redis
+    from engine.service import ServiceError, open_redis, redact
     from stream.ingest import IngestService
-    from stream.keys import Keys
 
     cfg = _service_config(config_path)
     if not cfg.cameras:
         raise click.ClickException("no cameras in the config")
-    client, server, url = open_redis(cfg)
-    click.echo(f"Redis: {url}")
     try:
-        IngestService(client, Keys(cfg.redis.prefix), list(cfg.cameras), cfg.windows, cfg.ingest).run()
+        client, server, url = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Redis: {redact(url)}")
+    try:
+        IngestService(client, cfg.redis.keys(), list(cfg.cameras), cfg.windows, cfg.ingest).run()
     finally:
         if server is not None:
             server.stop()
@@ -205,9 +219,8 @@ def engine(config_path, max_windows, consumer) -> None:
     import signal
     import threading
 
-    from engine.service import build_engine, format_event
-    from stream.keys import Keys
-    from stream.redis_server import connect
+    from engine.model.checkpoint import CheckpointError
+    from engine.service import ServiceError, build_engine, format_event, load_engine_model, open_redis
 
     cfg = _service_config(config_path)
     if not cfg.redis.url:
@@ -215,13 +228,15 @@ def engine(config_path, max_windows, consumer) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    from engine.model.checkpoint import CheckpointError
-
     try:
-        worker = build_engine(cfg, connect(cfg.redis.url), Keys(cfg.redis.prefix), stop,
-                              on_event=lambda e: click.echo(format_event(e)), consumer=consumer)
+        loaded = load_engine_model(cfg)
+        client, _, _ = open_redis(cfg)
     except CheckpointError as exc:
         raise click.ClickException(f"cannot load the model: {exc}") from None
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    worker = build_engine(cfg, client, cfg.redis.keys(), stop, on_event=lambda e: click.echo(format_event(e)),
+                          consumer=consumer, loaded=loaded)
     worker.run(max_windows=max_windows)
 
 
@@ -274,6 +289,66 @@ def query_rm(query_id, config_path, redis_url) -> None:
     if not GroundingClient(client, keys).remove_query(query_id):
         raise click.ClickException(f"no query {query_id!r}")
     click.echo(f"removed {query_id}")
+
+
+@main.group()
+def windows() -> None:
+    """Windows the engine could not process."""
+
+
+@windows.group("dead", invoke_without_command=True)
+@config_option
+@redis_option
+@click.pass_context
+def windows_dead(ctx, config_path, redis_url) -> None:
+    """Dead-lettered windows: ls (default), retry REF, drop REF."""
+    ctx.obj = (config_path, redis_url)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(windows_dead_ls)
+
+
+def _window_source(ctx):
+    from engine.window_source import WindowSource
+
+    client, keys = _client(*ctx.obj)
+    return WindowSource(client, keys, _service_config(ctx.obj[0]).engine.group, "cli")
+
+
+@windows_dead.command("ls")
+@click.pass_context
+def windows_dead_ls(ctx) -> None:
+    from datetime import datetime, timezone
+
+    dead = _window_source(ctx).dead()
+    for d in dead:
+        when = datetime.fromtimestamp(d.failed_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{d.ref}\t{when}\tcamera={d.window.get('camera')} start_ms={d.window.get('start_ms')}\t"
+                   f"deliveries={d.deliveries}\t{d.error}")
+    if not dead:
+        click.echo("no dead-lettered windows")
+
+
+@windows_dead.command("retry")
+@click.argument("ref")
+@click.pass_context
+def windows_dead_retry(ctx, ref) -> None:
+    """Put a dead-lettered window back on its stream (REF as shown by `ls`: SHARD/ID)."""
+    try:
+        new_id = _window_source(ctx).retry_dead(ref)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"requeued {ref} as {new_id}")
+
+
+@windows_dead.command("drop")
+@click.argument("ref")
+@click.pass_context
+def windows_dead_drop(ctx, ref) -> None:
+    try:
+        _window_source(ctx).drop_dead(ref)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"dropped {ref}")
 
 
 @main.group()

@@ -29,12 +29,13 @@ class CameraHealth:
     fps: float = 0.0
     last_frame_ts: float = 0.0
     frames_decoded: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = 0  # all drops: late frames (lag) and frames Redis could not take
     frames_stored: int = 0
     windows: int = 0
     reconnects: int = 0
     last_error: str = ""
     updated_at: float = 0.0
+    frames_dropped_redis: int = 0  # of frames_dropped: not stored because Redis was unavailable
 
     def moved(self, state: CameraState, **changes) -> "CameraHealth":
         if state is not self.state and state not in ALLOWED[self.state]:
@@ -45,6 +46,7 @@ class CameraHealth:
         return {
             "state": self.state.value, "fps": f"{self.fps:.2f}", "last_frame_ts": f"{self.last_frame_ts:.3f}",
             "frames_decoded": str(self.frames_decoded), "frames_dropped": str(self.frames_dropped),
+            "frames_dropped_redis": str(self.frames_dropped_redis),
             "frames_stored": str(self.frames_stored), "windows": str(self.windows), "reconnects": str(self.reconnects),
             "last_error": self.last_error, "updated_at": f"{self.updated_at:.3f}",
         }
@@ -54,4 +56,15 @@ class CameraHealth:
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
         return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
                    int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
-                   d.get("last_error", ""), float(d["updated_at"]))
+                   d.get("last_error", ""), float(d["updated_at"]), int(d.get("frames_dropped_redis", 0)))
+
+
+def read_health(client, keys, camera_id: str) -> CameraHealth | None:
+    """A camera's health as the ingest last wrote it; None when it has expired (or never existed)."""
+    raw = client.hgetall(keys.health(camera_id))
+    if not raw:
+        return None
+    try:
+        return CameraHealth.from_dict(camera_id, raw)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"camera {camera_id}: malformed health record: {exc}") from exc

@@ -16,6 +16,7 @@ import redis
 from stream.camera import CameraWorker
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
+from stream.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class IngestService:
         self.settings = settings or IngestSettings()
         self.stop_event = stop or threading.Event()
         self.worker_id = f"{socket.gethostname()}-{threading.get_native_id()}"
+        self.link = RedisLink("ingest heartbeat")
         self.workers = [CameraWorker(c, c.windows or windows, client, keys, self.stop_event, self.settings.health_ttl_s)
                         for c in cameras]
 
@@ -42,8 +44,9 @@ class IngestService:
             alive = sum(w.is_alive() for w in self.workers)
             self.client.set(self.keys.heartbeat("ingest", self.worker_id), f"{time.time():.3f} cameras={alive}",
                             ex=int(self.settings.heartbeat_s * 3) + 1)
+            self.link.ok()
         except redis.RedisError as exc:
-            log.warning("ingest heartbeat failed: %s", exc)
+            self.link.failed(exc)
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> None:
         """Run until SIGTERM/SIGINT (or `max_seconds`, or every camera ends), then stop cleanly."""

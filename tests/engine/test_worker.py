@@ -15,6 +15,7 @@ import redis
 import yaml
 
 from engine.events import GroundingEvent
+from engine.feed import Cursor, EventFeed
 from engine.grounder import WindowGrounder
 from engine.model.checkpoint import load_model, save_model
 from engine.queries import QueryRegistry, validate_query
@@ -52,7 +53,19 @@ def worker(client, keys: Keys, model_dir, **settings) -> EngineWorker:
 
 
 def events_of(client, keys: Keys) -> list[dict]:
-    return [json.loads(f[b"event"]) for _, f in client.xrange(keys.events())]
+    """Every event in the durable feed (all shards), in feed order."""
+    feed = EventFeed(client, keys)
+    return [e.event.to_dict() for e in feed.follow(Cursor.start(keys.shards), block_ms=0, stop_when_idle=True)]
+
+
+def pending(client, keys: Keys) -> int:
+    total = 0
+    for s in keys.all_shards():
+        try:
+            total += client.xpending(keys.windows(s), "engines")["pending"]
+        except redis.ResponseError:  # the group does not exist yet
+            pass
+    return total
 
 
 ALWAYS = [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 1.0},
@@ -64,12 +77,12 @@ def test_the_same_window_processed_twice_yields_no_duplicate(redis_client, tiny_
     ingest(redis_client, keys)
     add_queries(redis_client, keys, ALWAYS)
     w = worker(redis_client, keys, tiny_model_dir)
-    w.ensure_group()
-    w._refresh_queries(force=True)
-    entry_id, fields = redis_client.xrange(keys.windows(), count=1)[0]
-    first = w.process(entry_id, fields)
+    w.setup()
+    w.watcher.refresh()
+    delivery = w.source.next()[0]
+    first = w.handle(delivery)
     assert first and {e.type.value for e in first} == {"new"}
-    again = w.process(entry_id, fields)  # a worker died before XACK: the window comes back
+    again = w.handle(delivery)  # the same window delivered again (claimed from a slow worker)
     assert again == [] and len(events_of(redis_client, keys)) == len(first)
 
 
@@ -110,17 +123,12 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
         deadline = time.monotonic() + 120
         held = False
 
-        def pending() -> int:
-            try:
-                return redis_client.xpending(keys.windows(), "engines")["pending"]
-            except redis.ResponseError:  # the group does not exist yet
-                return 0
-
+        done_pattern = keys.window_done("cam1", "*")
         while time.monotonic() < deadline and not held:
-            done = len(list(redis_client.scan_iter(match="crash:{cam1}:done:*")))
-            if pending() == 1 and done >= 3:
+            done = len(list(redis_client.scan_iter(match=done_pattern)))
+            if pending(redis_client, keys) == 1 and done >= 3:
                 os.kill(proc.pid, signal.SIGSTOP)  # freeze it, then make sure it still holds the window
-                held = pending() == 1
+                held = pending(redis_client, keys) == 1
                 if not held:
                     os.kill(proc.pid, signal.SIGCONT)
             if not held:
@@ -132,11 +140,11 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert redis_client.xpending(keys.windows(), "engines")["pending"] >= 1
+    assert pending(redis_client, keys) >= 1
     time.sleep(0.3)
     # then a second worker claims the window and finishes the stream
     worker(redis_client, keys, tiny_model_dir, claim_idle_ms=200).run(idle_exit_s=1.0)
-    assert redis_client.xpending(keys.windows(), "engines")["pending"] == 0
+    assert pending(redis_client, keys) == 0
     # and the events equal those of an uninterrupted run: no loss, no duplicate
     got = events_of(redis_client, keys)
     assert len({e["event_id"] + e["type"] + str(e["end_ts"]) for e in got}) == len(got)
