@@ -213,8 +213,9 @@ def ingest(config_path) -> None:
 @main.command()
 @config_option
 @click.option("--max-windows", type=int, default=None, help="Exit after this many windows (tests).")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without a window (tests, benches).")
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host + random).")
-def engine(config_path, max_windows, consumer) -> None:
+def engine(config_path, max_windows, exit_when_idle, consumer) -> None:
     """An engine worker: windows from Redis -> grounding events."""
     import signal
     import threading
@@ -237,7 +238,7 @@ def engine(config_path, max_windows, consumer) -> None:
         raise click.ClickException(str(exc)) from None
     worker = build_engine(cfg, client, cfg.redis.keys(), stop, on_event=lambda e: click.echo(format_event(e)),
                           consumer=consumer, loaded=loaded)
-    worker.run(max_windows=max_windows)
+    worker.run(max_windows=max_windows, idle_exit_s=exit_when_idle)
 
 
 @main.group()
@@ -301,25 +302,30 @@ def windows() -> None:
 @redis_option
 @click.pass_context
 def windows_dead(ctx, config_path, redis_url) -> None:
-    """Dead-lettered windows: ls (default), retry REF, drop REF."""
+    """Dead-lettered windows: ls (the default), retry REF, drop REF."""
     ctx.obj = (config_path, redis_url)
     if ctx.invoked_subcommand is None:
         ctx.invoke(windows_dead_ls)
 
 
-def _window_source(ctx):
+def _window_source(ctx, config_path, redis_url):
     from engine.window_source import WindowSource
 
-    client, keys = _client(*ctx.obj)
-    return WindowSource(client, keys, _service_config(ctx.obj[0]).engine.group, "cli")
+    config_path = config_path or (ctx.obj or (None, None))[0]
+    redis_url = redis_url or (ctx.obj or (None, None))[1]
+    client, keys = _client(config_path, redis_url)
+    return WindowSource(client, keys, _service_config(config_path).engine.group, "cli")
 
 
 @windows_dead.command("ls")
+@config_option
+@redis_option
 @click.pass_context
-def windows_dead_ls(ctx) -> None:
+def windows_dead_ls(ctx, config_path=None, redis_url=None) -> None:
+    """List dead-lettered windows: REF, when, camera, window start, deliveries, error."""
     from datetime import datetime, timezone
 
-    dead = _window_source(ctx).dead()
+    dead = _window_source(ctx, config_path, redis_url).dead()
     for d in dead:
         when = datetime.fromtimestamp(d.failed_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{d.ref}\t{when}\tcamera={d.window.get('camera')} start_ms={d.window.get('start_ms')}\t"
@@ -330,11 +336,13 @@ def windows_dead_ls(ctx) -> None:
 
 @windows_dead.command("retry")
 @click.argument("ref")
+@config_option
+@redis_option
 @click.pass_context
-def windows_dead_retry(ctx, ref) -> None:
-    """Put a dead-lettered window back on its stream (REF as shown by `ls`: SHARD/ID)."""
+def windows_dead_retry(ctx, ref, config_path, redis_url) -> None:
+    """Put a dead-lettered window back on its stream (REF as `ls` shows it: SHARD/ID)."""
     try:
-        new_id = _window_source(ctx).retry_dead(ref)
+        new_id = _window_source(ctx, config_path, redis_url).retry_dead(ref)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
     click.echo(f"requeued {ref} as {new_id}")
@@ -342,10 +350,13 @@ def windows_dead_retry(ctx, ref) -> None:
 
 @windows_dead.command("drop")
 @click.argument("ref")
+@config_option
+@redis_option
 @click.pass_context
-def windows_dead_drop(ctx, ref) -> None:
+def windows_dead_drop(ctx, ref, config_path, redis_url) -> None:
+    """Delete a dead-lettered window."""
     try:
-        _window_source(ctx).drop_dead(ref)
+        _window_source(ctx, config_path, redis_url).drop_dead(ref)
     except KeyError as exc:
         raise click.ClickException(exc.args[0]) from None
     click.echo(f"dropped {ref}")

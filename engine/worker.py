@@ -121,6 +121,7 @@ class EngineWorker:
             if self._ready:
                 self.publish(self.watcher.reconcile(cameras=True))
             self.watcher.close()
+            self._ready = False
             self.client.delete(self.keys.heartbeat("engine", self.consumer))
         except redis.RedisError as exc:
             log.warning("engine %s: could not finish cleanly (%s)", self.consumer, exc)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ def connect(url: str, cluster: bool = False, **kwargs) -> redis.Redis:
     Redis Cluster client that discovers the other nodes from this one."""
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("socket_connect_timeout", 5)
+    # fail fast (two quick retries) and let the worker's own backoff (stream/redis_link.py) wait out an outage,
+    # instead of redis-py's default of ten retries that would stall a camera thread for seconds per call
+    kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2))
     if cluster:
         from redis.cluster import RedisCluster
 

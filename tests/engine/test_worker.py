@@ -1,76 +1,22 @@
 """The engine worker with real Redis and real model code: idempotency, crash, restart, end to end."""
 from __future__ import annotations
 
-import json
+from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
+
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 
 from engine.events import GroundingEvent
-from engine.feed import Cursor, EventFeed
-from engine.grounder import WindowGrounder
-from engine.model.checkpoint import load_model, save_model
-from engine.queries import QueryRegistry, validate_query
-from engine.runtime import TorchBackend
-from engine.settings import DEFAULT_MODEL_DIR, EngineSettings
-from engine.worker import EngineWorker
-from stream.config import CameraSettings, WindowSettings
-from stream.ingest import IngestService
+from engine.settings import DEFAULT_MODEL_DIR
+from stream.config import WindowSettings
 from stream.keys import Keys
-
-CAMERA_URL = "synthetic://random?seed=1&fps=10&realtime=0&seconds=20&epoch=1000&w=160&h=120"
-WINDOWS = WindowSettings(sample_fps=2, window_seconds=4, stride_seconds=1, input_size=32, frame_ttl_seconds=600)
-
-
-@pytest.fixture
-def tiny_model_dir(tiny_model, tmp_path):
-    return save_model(tiny_model, tmp_path / "tiny")
-
-
-def ingest(client, keys: Keys, url: str = CAMERA_URL, windows: WindowSettings = WINDOWS, cam: str = "cam1") -> None:
-    IngestService(client, keys, [CameraSettings(id=cam, url=url)], windows).run(install_signals=False)
-
-
-def add_queries(client, keys: Keys, specs) -> None:
-    reg = QueryRegistry(client, keys)
-    for s in specs:
-        reg.add(validate_query(s))
-
-
-def worker(client, keys: Keys, model_dir, **settings) -> EngineWorker:
-    model = load_model(model_dir)
-    grounder = WindowGrounder(model, TorchBackend(model), keys)
-    return EngineWorker(client, keys, grounder, EngineSettings(model=str(model_dir), block_ms=100, **settings),
-                        consumer=f"w-{time.monotonic_ns()}")
-
-
-def events_of(client, keys: Keys) -> list[dict]:
-    """Every event in the durable feed (all shards), in feed order."""
-    feed = EventFeed(client, keys)
-    return [e.event.to_dict() for e in feed.follow(Cursor.start(keys.shards), block_ms=0, stop_when_idle=True)]
-
-
-def pending(client, keys: Keys) -> int:
-    total = 0
-    for s in keys.all_shards():
-        try:
-            total += client.xpending(keys.windows(s), "engines")["pending"]
-        except redis.ResponseError:  # the group does not exist yet
-            pass
-    return total
-
-
-ALWAYS = [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 1.0},
-          {"id": "q-blue", "text": "the blue square moving left", "threshold": 0.0, "cooldown_s": 1.0}]
-
 
 def test_the_same_window_processed_twice_yields_no_duplicate(redis_client, tiny_model_dir):
     keys = Keys("dup:")

@@ -5,7 +5,6 @@ import socket
 import threading
 import time
 
-import pytest
 
 from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
