@@ -105,7 +105,8 @@ class EventStore:
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(*watched)
+                    if watched:
+                        pipe.watch(*watched)
                     if done_key and pipe.exists(done_key):  # another worker finished it: only acknowledge
                         pipe.unwatch()
                         if entry_id:
