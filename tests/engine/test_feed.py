@@ -1,28 +1,16 @@
 """The durable event feed across shards: exact cursors forward, pages backward, lookups by id (real Redis)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from engine.event_store import EventStore
-from engine.events import Box, EventType, GroundingEvent
+from engine.events import EventType
 from engine.feed import Cursor, CursorError, EventFeed, EventFilter
 from engine.settings import EngineSettings
 from stream.keys import Keys
+from tests.engine.harness import event, write
 
 CAMERAS = ["a", "b", "c", "d", "e"]  # spread over several of the 4 shards
-
-
-def event(cam: str, n: int, kind: EventType = EventType.NEW, eid: str | None = None) -> GroundingEvent:
-    return GroundingEvent(kind, eid or f"{cam}-{n}", "q1" if n % 2 else "q2", cam, "the red circle", 0.9, 1000.0 + n,
-                          1004.0 + n, (Box(1000.0 + n, (1, 2, 3, 4)),), (320, 240), f"{cam}:{n}", "test")
-
-
-def write(store: EventStore, events: list[GroundingEvent]) -> None:
-    for e in events:  # one transaction each, in the camera's shard: what the engine does
-        store._transition(e.camera_id, [], lambda states, e=e: ([], [e]))
-        time.sleep(0.002)  # the feed orders shards by stream-id time (ms): entries 1 ms apart have one order
 
 
 @pytest.fixture
