@@ -15,10 +15,10 @@ import redis
 
 from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
-from stream.imagecodec import encode_image, resize
+from stream.imagecodec import encode_image
 from stream.keys import Keys
 from stream.redis_link import RedisLink, backoff_delay
-from stream.sources import SourceEnded, SourceError, open_source
+from stream.sources import RawFrame, SourceEnded, SourceError, open_source
 from stream.store import WindowStore
 from stream.types import Window
 from stream.windowing import FrameSampler, WindowBuilder
@@ -56,7 +56,8 @@ class CaptureClock:
 
 class CameraWorker(threading.Thread):
     def __init__(self, settings: CameraSettings, windows: WindowSettings, client: redis.Redis, keys: Keys,
-                 stop: threading.Event, health_ttl_s: float = 300.0, now: Callable[[], float] = time.time) -> None:
+                 stop: threading.Event, health_ttl_s: float = 300.0, now: Callable[[], float] = time.time,
+                 decoder_threads: int = 0) -> None:
         super().__init__(name=f"camera-{settings.id}", daemon=True)
         if client is None:
             raise TypeError("CameraWorker needs a Redis client")
@@ -68,6 +69,7 @@ class CameraWorker(threading.Thread):
         self.stop_event = stop
         self.health_ttl_s = health_ttl_s
         self.now = now
+        self.decoder_threads = decoder_threads  # FFmpeg threads for this camera's decoder (0: FFmpeg's default)
         self.health = CameraHealth(settings.id)
         self._rng = random.Random(hash(settings.id))
         self._last_health_write = 0.0
@@ -116,7 +118,8 @@ class CameraWorker(threading.Thread):
                     self._set(CameraState.CONNECTING)
                 source = None
                 try:
-                    source = open_source(s.url, s.transport, s.open_timeout_s, s.read_timeout_s, s.loop, s.realtime)
+                    source = open_source(s.url, s.transport, s.open_timeout_s, s.read_timeout_s, s.loop, s.realtime,
+                                         self.decoder_threads)
                     self._consume(source)
                 except SourceEnded:
                     log.info("camera %s: source ended", s.id)
@@ -179,16 +182,16 @@ class CameraWorker(threading.Thread):
                 continue
             ts_ms = int(round(ts * 1000))
             if sampler.keep(ts_ms, raw.period_s * 1000):
-                self._store(raw.image, ts_ms, builder)
+                self._store(raw, ts_ms, builder)
             self._write_health()
 
-    def _store(self, image, ts_ms: int, builder: WindowBuilder) -> None:
-        h, w = image.shape[:2]
+    def _store(self, raw: RawFrame, ts_ms: int, builder: WindowBuilder) -> None:
+        w, h = raw.size_wh
         self.frame_wh = (w, h)
         if not self.link.up and time.monotonic() < self._retry_at:  # Redis is away: drop (counted), do not queue
             self._drop_unstored(builder)
             return
-        data = encode_image(resize(image, self.windows.input_size), self.windows.image_format)
+        data = encode_image(raw.resized(self.windows.input_size), self.windows.image_format)  # only kept frames are converted
         specs = builder.add(ts_ms)
         try:
             pipe = self.client.pipeline(transaction=False)

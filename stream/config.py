@@ -56,4 +56,7 @@ class CameraSettings(Strict):
 
 class IngestSettings(Strict):
     heartbeat_s: float = Field(2.0, gt=0)
+    # FFmpeg decoder threads per camera. 0: automatic (FFmpeg's default when there are fewer cameras than cores, else
+    # 1: many cameras already fill the cores, and a decoder's threads would only wait on each other)
+    decoder_threads: int = Field(0, ge=0, le=16)
     health_ttl_s: float = Field(300.0, gt=0)  # a stopped camera's health expires after this

@@ -6,6 +6,7 @@ scale to the cores without copying frames between processes; `bench/ingest.py` m
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -32,8 +33,9 @@ class IngestService:
         self.stop_event = stop or threading.Event()
         self.worker_id = f"{socket.gethostname()}-{threading.get_native_id()}"
         self.link = RedisLink("ingest heartbeat")
-        self.workers = [CameraWorker(c, c.windows or windows, client, keys, self.stop_event, self.settings.health_ttl_s)
-                        for c in cameras]
+        threads = self.settings.decoder_threads or (1 if len(cameras) >= (os.cpu_count() or 1) else 0)
+        self.workers = [CameraWorker(c, c.windows or windows, client, keys, self.stop_event, self.settings.health_ttl_s,
+                                     decoder_threads=threads) for c in cameras]
 
     def start(self) -> None:
         for w in self.workers:

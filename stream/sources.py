@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import av
 import numpy as np
 
+from stream.imagecodec import resize
 from stream.scenes import Scene, SceneObject, random_scene, render_frame
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,38 @@ class SourceEnded(Exception):
 
 @dataclass(frozen=True)
 class RawFrame:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
+    """A decoded frame, not yet converted: most frames are dropped by the sampler, so colour conversion and resizing
+    happen only in `resized()`, for the frames that are kept (one scaler call from the decoder's format)."""
+
+    image: np.ndarray | None  # (H, W, 3) uint8 RGB (synthetic sources), or None when `frame` holds it
     pts_s: float  # presentation time, seconds (may jump or wrap: the camera re-anchors)
     period_s: float  # nominal frame period
+    frame: av.VideoFrame | None = None  # the decoder's frame (PyAV sources), in its own pixel format
+
+    @property
+    def size_wh(self) -> tuple[int, int]:
+        if self.frame is not None:
+            return self.frame.width, self.frame.height
+        return self.image.shape[1], self.image.shape[0]
+
+    def resized(self, size: int) -> np.ndarray:
+        """size x size RGB uint8 (area-averaged): from the decoder's YUV in one scaler call, no full-size RGB."""
+        if self.frame is not None:
+            return self.frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+        return resize(self.image, size)
+
+    def rgb(self) -> np.ndarray:
+        """The full-size RGB image (converted on demand)."""
+        return self.frame.to_ndarray(format="rgb24") if self.frame is not None else self.image
 
 
 class PyAVSource:
     """rtsp(s)://, http(s):// (HLS, MJPEG), file:// and /dev/videoN through PyAV."""
 
     def __init__(self, url: str, transport: str = "tcp", open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
-                 loop: bool = False, realtime: bool = True) -> None:
+                 loop: bool = False, realtime: bool = True, decoder_threads: int = 0) -> None:
         self.url = url
+        self.decoder_threads = decoder_threads
         self.loop = loop
         self.kind = _kind(url)
         self.realtime = realtime and self.kind == "file"
@@ -74,7 +96,14 @@ class PyAVSource:
             container.close()
             raise SourceError(f"{self.url} has no video stream", retryable=self.kind != "file")
         # FFmpeg's default (slice) threading: frame threading measured 30% slower here (bench/ingest.py,
-        # 2 cores, 720p25) and adds frames of latency to a live stream
+        # 2 cores, 720p25) and adds frames of latency to a live stream. `decoder_threads` (ingest.decoder_threads)
+        # caps it: with many cameras per core, one thread per camera avoids threads waiting on each other.
+        stream = container.streams.video[0]
+        if self.decoder_threads:
+            stream.thread_type, stream.thread_count = "SLICE", self.decoder_threads
+        # non-reference frames (B-frames) are never needed to decode others; skipping them halves decoding on
+        # streams that have them. The sampler keeps frames by timestamp, so it takes the next decoded one.
+        stream.codec_context.skip_frame = "NONREF"
         return container
 
     def frames(self) -> Iterator[RawFrame]:
@@ -94,7 +123,7 @@ class PyAVSource:
                         delay = (pts - first) - (time.monotonic() - started)
                         if delay > 0:
                             time.sleep(delay)
-                    yield RawFrame(frame.to_ndarray(format="rgb24"), pts + offset, period)
+                    yield RawFrame(None, pts + offset, period, frame)
             except av.error.InvalidDataError as exc:
                 raise SourceError(f"corrupt stream: {exc}") from exc
             except (av.error.FFmpegError, OSError) as exc:
@@ -210,7 +239,7 @@ def _kind(url: str) -> str:
 
 
 def open_source(url: str, transport: str = "tcp", open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
-                loop: bool = False, realtime: bool = True):
+                loop: bool = False, realtime: bool = True, decoder_threads: int = 0):
     if _kind(url) == "synthetic":
         return SyntheticSource(url, realtime=realtime)
-    return PyAVSource(url, transport, open_timeout_s, read_timeout_s, loop, realtime)
+    return PyAVSource(url, transport, open_timeout_s, read_timeout_s, loop, realtime, decoder_threads)
