@@ -1,8 +1,14 @@
-"""Grounding one window for every standing query of its camera.
+"""Grounding windows for every standing query of their cameras.
 
 Per window: load frames, vision-encode only frames not seen before (a bounded per-worker
 cache keyed by frame key), build the window prefix once, ground all queries against it,
 map spans to capture-clock times and boxes to camera pixels.
+
+`ground_many` does the same for several windows (of any cameras) as one batch: their new frames
+through the vision encoder in one call, their prefixes through the LLM in one pass (windows with the
+same frame count), and all their questions, answer steps and space-decoder pairs as one batch of
+rows. A window's result does not depend on what it is batched with (equal to `ground` within float
+rounding, tested); a window whose frames are gone fails alone.
 """
 from __future__ import annotations
 
@@ -64,37 +70,83 @@ class WindowGrounder:
         self.stats = GrounderStats()
 
     def visual_tokens(self, window: Window, frames: list[bytes | None]) -> torch.Tensor:
-        keys = [self.keys.frame(window.camera_id, ts) for ts in window.frames_ms]
-        tokens = [self.cache.get(key) for key in keys]  # one lookup per frame
-        missing = [k for k, t in enumerate(tokens) if t is None]
-        if any(frames[k] is None for k in missing):
+        (tokens,) = self.visual_tokens_many([(window, frames)])
+        if isinstance(tokens, MissingFrames):
+            raise tokens
+        return tokens
+
+    def visual_tokens_many(self, items: list[tuple[Window, list[bytes | None]]]) -> list[torch.Tensor | MissingFrames]:
+        """Each window's frame tokens (F, G, D), or MissingFrames for a window with a frame gone; the frames that no
+        window has seen before are decoded and encoded in one batch (a frame shared by two windows once)."""
+        keys = [[self.keys.frame(w.camera_id, ts) for ts in w.frames_ms] for w, _ in items]
+        tokens = [[self.cache.get(key) for key in ks] for ks in keys]  # one lookup per frame
+        out: list = [None] * len(items)
+        todo: dict[str, bytes] = {}  # frame key -> encoded image, in first-seen order
+        for i, ((window, frames), ks, ts) in enumerate(zip(items, keys, tokens)):
+            missing = [k for k, t in enumerate(ts) if t is None]
             gone = sum(frames[k] is None for k in missing)
-            raise MissingFrames(f"window {window.window_id}: {gone} of {len(frames)} frames are missing")
-        if missing:
-            pixels = np.stack([decode_image(frames[k]) for k in missing])  # (M, S, S, 3)
+            if gone:
+                out[i] = MissingFrames(f"window {window.window_id}: {gone} of {len(frames)} frames are missing")
+                continue
+            for k in missing:
+                todo.setdefault(ks[k], frames[k])
+            self.stats.cache_hits += len(ks) - len(missing)
+        if todo:
+            pixels = np.stack([decode_image(data) for data in todo.values()])  # (M, S, S, 3)
             px = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
             size = self.model.config.vision.image_size
             if px.shape[-1] != size:
                 px = torch.nn.functional.interpolate(px, size=(size, size), mode="area")
-            for k, t in zip(missing, self.backend.encode_frames(px)):
-                self.cache.put(keys[k], t)
-                tokens[k] = t
-            self.stats.frames_encoded += len(missing)
-        self.stats.cache_hits += len(keys) - len(missing)
-        return torch.stack(tokens)
+            encoded = dict(zip(todo, self.backend.encode_frames(px)))
+            for key, t in encoded.items():
+                self.cache.put(key, t)
+            self.stats.frames_encoded += len(encoded)
+        for i, (ks, ts) in enumerate(zip(keys, tokens)):
+            if out[i] is None:
+                out[i] = torch.stack([t if t is not None else encoded[k] for k, t in zip(ks, ts)])
+        return out
+
+    def _input(self, window: Window, frames: list[bytes | None]) -> tuple[Window, list[bytes | None], list[float]]:
+        """The window cut to the model's last `max_frames` frames, its frames, their times relative to its start."""
+        max_f = self.model.config.max_frames
+        frames_ms = window.frames_ms[-max_f:]
+        sub = Window(window.camera_id, window.start_ms, window.end_ms, frames_ms, window.frame_wh, window.input_size)
+        return sub, frames[-max_f:], [(ts - window.start_ms) / 1000.0 for ts in frames_ms]
 
     def ground(self, window: Window, frames: list[bytes | None], queries: list[StandingQuery]) -> list[Observation]:
+        """One window, one prefix, its queries (the reference `ground_many` is tested against)."""
         self.stats.windows += 1
         if not queries:
             return []
-        max_f = self.model.config.max_frames
-        frames_ms = window.frames_ms[-max_f:]
-        frames = frames[-max_f:]
-        sub = Window(window.camera_id, window.start_ms, window.end_ms, frames_ms, window.frame_wh, window.input_size)
+        sub, frames, rel = self._input(window, frames)
         vis = self.visual_tokens(sub, frames)
-        rel = [(ts - window.start_ms) / 1000.0 for ts in frames_ms]
         prefix = self.model.encode_window(None, rel, visual_tokens=vis)
         results = self.model.ground(prefix, [q.text for q in queries], decoder=self.backend.decode)
+        return self._observations(window, sub.frames_ms, queries, results)
+
+    def ground_many(self, items: list[tuple[Window, list[bytes | None], list[StandingQuery]]]) -> list[list[Observation] | MissingFrames]:
+        """Several windows as one batch; per window its observations, or MissingFrames (that window only)."""
+        self.stats.windows += len(items)
+        out: list = [[] for _ in items]
+        live = [i for i, (_, _, queries) in enumerate(items) if queries]
+        inputs = {i: self._input(items[i][0], items[i][1]) for i in live}
+        vis = self.visual_tokens_many([(inputs[i][0], inputs[i][1]) for i in live])
+        groups: dict[int, list[int]] = {}  # frame count -> windows: one prefix batch each (no padding in a prefix)
+        tokens = {}
+        for i, v in zip(live, vis):
+            if isinstance(v, MissingFrames):
+                out[i] = v
+            else:
+                tokens[i] = v
+                groups.setdefault(v.shape[0], []).append(i)
+        for members in groups.values():
+            prefix = self.model.encode_window_batch([inputs[i][2] for i in members], torch.stack([tokens[i] for i in members]))
+            results = self.model.ground_batch(prefix, [[q.text for q in items[i][2]] for i in members], decoder=self.backend.decode)
+            for i, res in zip(members, results):
+                out[i] = self._observations(items[i][0], inputs[i][0].frames_ms, items[i][2], res)
+        return out
+
+    def _observations(self, window: Window, frames_ms: tuple[int, ...], queries: list[StandingQuery], results) -> list[Observation]:
         start_ts = window.start_ms / 1000.0
         out = []
         for q, g in zip(queries, results):

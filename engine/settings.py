@@ -37,6 +37,9 @@ class EngineSettings(Strict):
     events_maxlen: int = Field(5000, ge=10)  # and at most this many entries per shard's event stream
     heartbeat_s: float = Field(2.0, gt=0)
     threads: int = Field(0, ge=0)  # torch threads; 0: default
+    batch_windows: int = Field(8, ge=1, le=256)  # windows read together are grounded as one batch (up to this many)
+    # live windows whose last frame is older than this are skipped (0: never); see engine/worker.py "Admission"
+    max_window_lag_s: float = Field(10.0, ge=0)
 
 
 class QuerySpec(Strict):

@@ -57,7 +57,7 @@ class DeadWindow:
 class WindowSource:
     def __init__(self, client: redis.Redis, keys: Keys, group: str, consumer: str, block_ms: int = 1000,
                  claim_idle_ms: int = 30_000, max_deliveries: int = 3, retry_backoff_s: float = 1.0,
-                 cluster: bool | None = None) -> None:
+                 cluster: bool | None = None, batch: int = 1) -> None:
         if client is None:
             raise TypeError("WindowSource needs a Redis client")
         self.client = client
@@ -68,6 +68,8 @@ class WindowSource:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.retry_backoff_s = retry_backoff_s
+        # new entries per shard per read: a read returns up to about `batch` windows over all shards
+        self.per_shard = max(1, batch // keys.shards)
         self.cluster = cluster if cluster is not None else type(client).__name__ == "RedisCluster"
         self._retries: dict[tuple[int, str], float] = {}  # (shard, entry id) -> when to retry
         self._claim_shard = 0
@@ -137,7 +139,7 @@ class WindowSource:
             start = self._rng.randrange(self.keys.shards)
             for k in range(self.keys.shards):  # each shard on its own node; no cross-slot command
                 name = self.keys.windows((start + k) % self.keys.shards)
-                res = self.client.xreadgroup(self.group, self.consumer, {name: ">"}, count=1)
+                res = self.client.xreadgroup(self.group, self.consumer, {name: ">"}, count=self.per_shard)
                 if res:
                     break
             else:
@@ -145,7 +147,7 @@ class WindowSource:
                 if block:
                     time.sleep(min(self.block_ms, 100) / 1000.0)
         else:
-            res = self.client.xreadgroup(self.group, self.consumer, streams, count=1,
+            res = self.client.xreadgroup(self.group, self.consumer, streams, count=self.per_shard,
                                          block=self.block_ms if block else None) or []
         return [Delivery(by_name[_s(name)], _s(i), f, 1) for name, entries in res for i, f in entries if f]
 

@@ -1,7 +1,7 @@
 """The engine worker: a loop that ties four parts together.
 
     source   (engine/window_source.py)  windows from the shards' streams: new, stale, retries; dead letters
-    grounder (engine/grounder.py)       one window x its camera's queries -> observations
+    grounder (engine/grounder.py)       the ready windows x their cameras' queries -> observations, as one batch
     store    (engine/event_store.py)    lifecycle state + events + done marker + XACK, one transaction
     watcher  (engine/query_watcher.py)  query changes and stopped cameras -> `end` events
 
@@ -9,6 +9,13 @@ One window's failure never stops the loop: the error is logged with the camera a
 and the window retried; after `max_deliveries` it is dead-lettered. Redis going away is waited out
 with capped, jittered backoff (one log line when it goes, one when it is back); after it returns,
 the worker re-creates its groups and subscription and carries on.
+
+Admission (windows from live cameras only; a file played offline is processed in full): when the engine
+falls behind, the newest window of a camera goes first. A live window whose camera has a newer window in
+the same read is skipped (`superseded`: with 8 s windows and a 2 s stride its frames are all in the windows
+around it), and one whose last frame is older than `engine.max_window_lag_s` is skipped (`stale`). Skipped
+windows are marked done and acknowledged, counted in the heartbeat, and logged (one line per 10 s at most),
+so latency stays bounded and the degradation is visible.
 """
 from __future__ import annotations
 
@@ -19,13 +26,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from engine.event_store import EventStore
 from engine.events import GroundingEvent
 from engine.grounder import MissingFrames, WindowGrounder
+from engine.latency import LatencyHistogram
 from engine.query_watcher import QueryWatcher
 from engine.settings import EngineSettings
 from engine.window_source import Delivery, WindowSource
@@ -44,6 +52,10 @@ class WorkerStats:
     failed: int = 0  # failed attempts (each retried or dead-lettered)
     dead_lettered: int = 0
     events: int = 0
+    superseded: int = 0  # live windows skipped because a newer one of the camera was waiting (engine behind)
+    stale: int = 0  # live windows skipped because they were older than max_window_lag_s
+    batches: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # capture of the last frame -> committed
 
 
 class EngineWorker:
@@ -62,13 +74,14 @@ class EngineWorker:
         self.frame_ttl_s = frame_ttl_s
         self.frames = WindowStore(client, keys)
         self.source = WindowSource(client, keys, settings.group, self.consumer, settings.block_ms, settings.claim_idle_ms,
-                                   settings.max_deliveries, settings.retry_backoff_s)
+                                   settings.max_deliveries, settings.retry_backoff_s, batch=settings.batch_windows)
         self.store = EventStore(client, keys, settings, model_name)
         self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained)
         self.link = RedisLink(f"engine {self.consumer}")
         self.stats = WorkerStats()
         self._ready = False
         self._finish_by: float | None = None
+        self._skip_logged = (0.0, 0, 0)  # (when, superseded, stale) at the last admission log line
 
     def finish(self, timeout_s: float) -> None:
         """Work off what is waiting (up to `timeout_s`), then stop: how `up` stops its engine after its cameras."""
@@ -89,8 +102,8 @@ class EngineWorker:
                     self.heartbeat()
                     self.publish(self.watcher.refresh())
                     deliveries = self.source.next(block=self._finish_by is None)
-                    for d in deliveries:
-                        self.handle(d)
+                    if deliveries:
+                        self.handle_batch(deliveries)
                         last_work = time.monotonic()
                     if not deliveries:  # idle: windows read so far are done, so a stopped camera's events can end
                         self.publish(self.watcher.idle_check())
@@ -129,8 +142,11 @@ class EngineWorker:
                  self.consumer, self.stats.processed, self.stats.skipped, self.stats.failed, self.stats.dead_lettered)
 
     def heartbeat(self) -> None:
-        beat = {"ts": time.time(), "processed": self.stats.processed, "skipped": self.stats.skipped,
-                "failed": self.stats.failed, "dead_lettered": self.stats.dead_lettered}
+        st = self.stats
+        beat = {"ts": time.time(), "processed": st.processed, "skipped": st.skipped, "failed": st.failed,
+                "dead_lettered": st.dead_lettered, "superseded": st.superseded, "stale": st.stale, "batches": st.batches,
+                "latency_buckets": st.latency.counts, "latency_sum_s": round(st.latency.total_s, 3),
+                "latency_max_s": round(st.latency.take_max(), 3)}
         self.client.set(self.keys.heartbeat("engine", self.consumer), json.dumps(beat),
                         ex=int(self.settings.heartbeat_s * 3) + 1)
 
@@ -139,33 +155,128 @@ class EngineWorker:
         for e in events:
             self.on_event(e)
 
-    # ---- one window --------------------------------------------------------------------
-    def handle(self, d: Delivery) -> list[GroundingEvent]:
-        """Process one delivery; any error but Redis's own is contained here."""
+    # ---- a batch of windows -------------------------------------------------------------
+    def handle_batch(self, deliveries: list[Delivery]) -> list[GroundingEvent]:
+        """The windows that were ready together: admission, then one grounding batch, then one commit each.
+        Should the batch fail as a whole, its windows are processed one at a time, so a bad window fails alone."""
+        if len(deliveries) == 1:
+            return self.handle(deliveries[0])
+        ready: list[tuple[Delivery, Window]] = []
+        for d in deliveries:
+            window = self._admit(d)
+            if window is not None:
+                ready.append((d, window))
+        ready = self._newest_first(ready)
+        todo = []
+        for d, window in ready:
+            if self.store.is_done(window):
+                log.info("window %s already done (re-delivered); acknowledging", window.window_id)
+                self.store.ack_only(d.shard, d.entry_id)
+                continue
+            queries = self.watcher.for_camera(window.camera_id)
+            todo.append((d, window, queries, self.frames.load_frames(window) if queries else []))
+        if not todo:
+            return []
+        try:
+            results = self.grounder.ground_many([(w, frames, queries) for _, w, queries, frames in todo])
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # one of them is bad: find it by doing them one by one
+            log.warning("a batch of %d windows failed (%s: %s); processing them one at a time", len(todo), type(exc).__name__, exc)
+            return [e for d, *_ in todo for e in self.handle(d)]
+        self.stats.batches += 1
+        events = []
+        for (d, window, queries, _), res in zip(todo, results):
+            if isinstance(res, MissingFrames):
+                log.warning("%s; skipped", self._missing_reason(window, res))
+                self.store.skip(window, d.entry_id, "skipped")
+                self.stats.skipped += 1
+                continue
+            try:
+                got = self.store.commit(window, d.entry_id, queries, res)
+            except redis.RedisError:
+                raise  # an outage: the windows not yet committed stay pending and are read again
+            except Exception as exc:
+                self._failed(d, window, exc)
+                continue
+            self._committed(window)
+            self.publish(got)
+            events.extend(got)
+        return events
+
+    def _admit(self, d: Delivery) -> Window | None:
+        """The delivery's window, or None when it was dead-lettered or skipped as stale."""
         try:
             window = Window.from_fields(d.fields)
         except ValueError as exc:  # malformed entry: retrying cannot help
             self.stats.dead_lettered += 1
             self.source.dead_letter(d, f"malformed window entry: {exc}")
-            return []
+            return None
         if d.deliveries > self.settings.max_deliveries:  # a window that took its workers down with it
             self.stats.dead_lettered += 1
             self.source.dead_letter(d, f"delivered {d.deliveries} times without finishing (a worker died on it each time)")
+            return None
+        lag = time.time() - window.frames_ms[-1] / 1000.0 if window.frames_ms else 0.0
+        if window.live and self.settings.max_window_lag_s and lag > self.settings.max_window_lag_s:
+            self.store.skip(window, d.entry_id, "stale")
+            self.stats.stale += 1
+            self._log_skips()
+            return None
+        return window
+
+    def _newest_first(self, ready: list[tuple[Delivery, Window]]) -> list[tuple[Delivery, Window]]:
+        """Of a live camera's windows read together, only the newest is processed; the older ones are skipped."""
+        newest: dict[str, int] = {}
+        for d, w in ready:
+            if w.live:
+                newest[w.camera_id] = max(newest.get(w.camera_id, w.start_ms), w.start_ms)
+        keep = []
+        for d, w in ready:
+            if w.live and w.start_ms < newest[w.camera_id]:
+                self.store.skip(w, d.entry_id, "superseded")
+                self.stats.superseded += 1
+                self._log_skips()
+            else:
+                keep.append((d, w))
+        return keep
+
+    def _log_skips(self) -> None:
+        at, superseded, stale = self._skip_logged
+        if time.monotonic() - at >= 10.0:
+            log.warning("engine %s is behind: skipped %d superseded and %d stale live windows in the last %s (totals %d, %d); "
+                        "add engine workers or cameras per engine will keep skipping", self.consumer,
+                        self.stats.superseded - superseded, self.stats.stale - stale,
+                        f"{time.monotonic() - at:.0f} s" if at else "start", self.stats.superseded, self.stats.stale)
+            self._skip_logged = (time.monotonic(), self.stats.superseded, self.stats.stale)
+
+    def _committed(self, window: Window) -> None:
+        self.stats.processed += 1
+        if window.frames_ms:
+            self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0)
+
+    # ---- one window --------------------------------------------------------------------
+    def handle(self, d: Delivery) -> list[GroundingEvent]:
+        """Process one delivery; any error but Redis's own is contained here."""
+        window = self._admit(d)
+        if window is None:
             return []
         try:
             events = self.process(window, d.entry_id)
         except redis.RedisError:
             raise  # an outage, not this window's fault: the loop waits for Redis; the window stays pending
         except Exception as exc:
-            self.stats.failed += 1
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("camera %s window %s (entry %s, delivery %d of %d) failed: %s", window.camera_id, window.window_id,
-                      d.entry_id, d.deliveries, self.settings.max_deliveries, error, exc_info=log.isEnabledFor(logging.DEBUG))
-            if self.source.fail(d, error):
-                self.stats.dead_lettered += 1
+            self._failed(d, window, exc)
             return []
         self.publish(events)
         return events
+
+    def _failed(self, d: Delivery, window: Window, exc: Exception) -> None:
+        self.stats.failed += 1
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("camera %s window %s (entry %s, delivery %d of %d) failed: %s", window.camera_id, window.window_id,
+                  d.entry_id, d.deliveries, self.settings.max_deliveries, error, exc_info=log.isEnabledFor(logging.DEBUG))
+        if self.source.fail(d, error):
+            self.stats.dead_lettered += 1
 
     def process(self, window: Window, entry_id: str) -> list[GroundingEvent]:
         if self.store.is_done(window):
@@ -183,7 +294,7 @@ class EngineWorker:
             self.stats.skipped += 1
             return []
         events = self.store.commit(window, entry_id, queries, observations)
-        self.stats.processed += 1
+        self._committed(window)
         return events
 
     def _missing_reason(self, window: Window, exc: MissingFrames, now: float | None = None) -> str:

@@ -78,6 +78,7 @@ class CameraWorker(threading.Thread):
         self.frame_wh: tuple[int, int] | None = None
         self.link = RedisLink(f"camera {settings.id}")
         self._retry_at = 0.0
+        self._live = False
 
     # ---- health ------------------------------------------------------------------------
     def _set(self, state: CameraState, **changes) -> None:
@@ -161,6 +162,7 @@ class CameraWorker(threading.Thread):
         clock = CaptureClock(self.now)
         epoch = getattr(source, "epoch", None)
         check_lag = epoch is None and source.live
+        self._live = check_lag  # its windows carry capture times on the wall clock: the engine may skip stale ones
         self._ran_ok = False
         for raw in source.frames():
             if self.stop_event.is_set():
@@ -198,7 +200,7 @@ class CameraWorker(threading.Thread):
             self.store.put_frame(self.settings.id, ts_ms, data, pipeline=pipe)
             for spec in specs:
                 self.store.add_window(Window(self.settings.id, spec.start_ms, spec.end_ms, spec.frames_ms, (w, h),
-                                             self.windows.input_size), pipeline=pipe)
+                                             self.windows.input_size, self._live), pipeline=pipe)
             pipe.execute()
             self.health = self.health.moved(self.health.state, frames_stored=self.health.frames_stored + 1,
                                             windows=self.health.windows + len(specs))

@@ -25,6 +25,8 @@ class Window:
     frames_ms: tuple[int, ...]
     frame_wh: tuple[int, int]  # the camera's pixel size, for mapping boxes back
     input_size: int  # the stored frames' side (model input)
+    live: bool = False  # from a live source (capture clock ~ wall clock): the engine may skip it when it falls behind
+
 
     @property
     def window_id(self) -> str:
@@ -34,7 +36,7 @@ class Window:
         return {
             "camera": self.camera_id, "start_ms": str(self.start_ms), "end_ms": str(self.end_ms),
             "frames": json.dumps(list(self.frames_ms)), "frame_w": str(self.frame_wh[0]),
-            "frame_h": str(self.frame_wh[1]), "input_size": str(self.input_size),
+            "frame_h": str(self.frame_wh[1]), "input_size": str(self.input_size), "live": "1" if self.live else "0",
         }
 
     @classmethod
@@ -42,6 +44,6 @@ class Window:
         f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
         try:
             return cls(f["camera"], int(f["start_ms"]), int(f["end_ms"]), tuple(int(x) for x in json.loads(f["frames"])),
-                       (int(f["frame_w"]), int(f["frame_h"])), int(f["input_size"]))
+                       (int(f["frame_w"]), int(f["frame_h"])), int(f["input_size"]), f.get("live", "0") == "1")
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"malformed window entry {f!r}: {exc}") from exc

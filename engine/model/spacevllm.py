@@ -44,6 +44,17 @@ class WindowPrefix:
 
 
 @dataclass(frozen=True)
+class WindowBatchPrefix:
+    """Several windows' prefixes computed as one batch (same frame count, so no padding inside the prefix)."""
+
+    visual_tokens: torch.Tensor  # (W, F, G, D)
+    stq_states: torch.Tensor  # (W, F, D)
+    cache: object  # transformers Cache over the prefixes, batch W
+    length: int  # prefix tokens (the same for every window of the batch)
+    timestamps_s: tuple[tuple[float, ...], ...]  # per window, relative to its start
+
+
+@dataclass(frozen=True)
 class Grounding:
     """One question's answer on one window."""
 
@@ -198,6 +209,37 @@ class SpaceVLLM(nn.Module):
         return WindowPrefix(dec_vis[0], stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
 
     @torch.no_grad()
+    def encode_window_batch(self, timestamps_s: list[list[float]], visual_tokens: torch.Tensor) -> WindowBatchPrefix:
+        """The prefixes of W windows with the same frame count in one forward pass. visual_tokens: (W, F, G, D)."""
+        w, f = visual_tokens.shape[:2]
+        assert len(timestamps_s) == w and all(len(t) == f for t in timestamps_s), "one timestamp per frame per window"
+        vis, dec_vis = self.split_tokens(visual_tokens)  # (W, F, P, D), decoder tokens
+        ids = torch.tensor([self.prefix_ids(ts) for ts in timestamps_s])  # (W, L): same length (same frame count)
+        emb = self._embed(ids, vis, f)
+        out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
+        stq_states = out.hidden_states[-1][self._stq_positions(ids)].reshape(w, f, -1)  # (W, F, D)
+        return WindowBatchPrefix(dec_vis, stq_states, out.past_key_values, ids.shape[1], tuple(tuple(t) for t in timestamps_s))
+
+    @torch.no_grad()
+    def ground_batch(self, prefix: WindowBatchPrefix, questions: list[list[str]], task: str = "stvg",
+                     decoder=None) -> list[list[Grounding]]:
+        """Every window's questions against its own prefix, all windows' questions as one batch of rows (question
+        padding masked; each row attends to its own window's prefix and question only)."""
+        if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
+            raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
+        row_window = [k for k, qs in enumerate(questions) for _ in qs]
+        flat = [q for qs in questions for q in qs]
+        if not flat:
+            return [[] for _ in questions]
+        rows = self._ground_rows(prefix.cache, prefix.length, row_window, flat, task, prefix.timestamps_s,
+                                 prefix.stq_states, prefix.visual_tokens, decoder)
+        out, at = [], 0
+        for qs in questions:
+            out.append(rows[at : at + len(qs)])
+            at += len(qs)
+        return out
+
+    @torch.no_grad()
     def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None) -> list[Grounding]:
         """Ground every question against one shared window prefix (video-first order).
 
@@ -206,6 +248,13 @@ class SpaceVLLM(nn.Module):
             raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
         if not questions:
             return []
+        return self._ground_rows(prefix.cache, prefix.length, [0] * len(questions), questions, task, (prefix.timestamps_s,),
+                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder)
+
+    def _ground_rows(self, prefix_cache, prefix_length: int, row_window: list[int], questions: list[str], task: str,
+                     timestamps_s, stq_states, frame_tokens, decoder) -> list[Grounding]:
+        """One row per question; row r reads window `row_window[r]` of the (batched) prefix.
+        stq_states (W, F, D), frame_tokens (W, F, G, D), timestamps_s: W tuples."""
         n = len(questions)
         q = [self.question_ids(text, task) for text in questions]
         lq = max(len(x) for x in q)
@@ -214,10 +263,15 @@ class SpaceVLLM(nn.Module):
         for i, x in enumerate(q):
             ids[i, : len(x)] = torch.tensor(x)
             qmask[i, : len(x)] = 1
-        cache = copy.deepcopy(prefix.cache)
-        cache.batch_repeat_interleave(n)
-        attn = torch.cat([torch.ones(n, prefix.length, dtype=torch.long), qmask], dim=1)
-        pos = (prefix.length + torch.arange(lq))[None].expand(n, -1)
+        cache = copy.deepcopy(prefix_cache)
+        rw = torch.tensor(row_window)
+        if len(timestamps_s) == 1:
+            cache.batch_repeat_interleave(n)
+        else:
+            cache.batch_select_indices(rw)  # (N, ...) each row's own window
+        prefix = prefix_length
+        attn = torch.cat([torch.ones(n, prefix, dtype=torch.long), qmask], dim=1)
+        pos = (prefix + torch.arange(lq))[None].expand(n, -1)
         emb, words = self._with_answer_words(self.language_model.get_input_embeddings()(ids),
                                              torch.arange(lq)[None].expand(n, -1), qmask)
         out = self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
@@ -225,8 +279,8 @@ class SpaceVLLM(nn.Module):
         lengths = qmask.sum(1)  # (N,)
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
-        return self._finish(first, out.past_key_values, attn, prefix.length + lengths, prefix.timestamps_s,
-                            prefix.stq_states, prefix.visual_tokens, q_states, qmask, decoder or self.space_decoder)
+        return self._finish(first, out.past_key_values, attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
+                            q_states, qmask, decoder or self.space_decoder, row_window)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -252,40 +306,45 @@ class SpaceVLLM(nn.Module):
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long)
-        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), tuple(timestamps_s),
-                            stq_states[0], dec_vis[0], q_states, qmask, self.space_decoder)[0]
+        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), (tuple(timestamps_s),),
+                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0])[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
-                decoder) -> list[Grounding]:
+                decoder, row_window: list[int]) -> list[Grounding]:
         """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
         the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
 
-        stq_states (F, D) and frame_tokens (F, G, D) of the window; q_states (N, Lq, D), qmask (N, Lq)."""
+        Row i belongs to window row_window[i]: timestamps_s (W tuples), stq_states (W, F, D), frame_tokens
+        (W, F, G, D); q_states (N, Lq, D), qmask (N, Lq)."""
         v = self.vocab
         n = first_logits.shape[0]
         score = 1.0 - first_logits.softmax(-1)[:, v.none]  # (N,)
         time_ids = torch.tensor(v.time_ids)
-        limit = self._max_time_index(timestamps_s)
+        row_ts = [timestamps_s[w] for w in row_window]
+        limit = torch.tensor([self._max_time_index(ts) for ts in row_ts])  # (N,) last allowed time index per row
+        in_range = torch.arange(len(v.time_ids))[None] <= limit[:, None]  # (N, T)
         # step 1: feed "from", read the start time
         ids = torch.full((n, 1), v.from_)
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
         out = self._step(ids, attn, next_pos[:, None], cache)
-        start = out.logits[:, -1][:, time_ids][:, : limit + 1].argmax(-1)  # (N,) index in 0.1 s
+        start = out.logits[:, -1][:, time_ids].masked_fill(~in_range, float("-inf")).argmax(-1)  # (N,) index in 0.1 s
         # step 2: feed "<start> to", read the end time (end >= start)
         ids = torch.stack([time_ids[start], torch.full((n,), v.to)], dim=1)
         attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype)], dim=1)
         out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2)[None], out.past_key_values)
-        end_logits = out.logits[:, -1][:, time_ids][:, : limit + 1]
-        allowed = torch.arange(limit + 1)[None] >= start[:, None]
+        end_logits = out.logits[:, -1][:, time_ids]
+        allowed = in_range & (torch.arange(len(v.time_ids))[None] >= start[:, None])
         end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
         spans = [(start[i].item() / 10, end[i].item() / 10) for i in range(n)]
-        frames = [frames_in_span(timestamps_s, s, e) for s, e in spans]
-        stride = frame_stride_for_budget(frames, self.config.decoder_pair_budget)
-        keyframes = [keyframes_of(idx, stride) for idx in frames]
-        boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes)  # (N, F, 4), (N, F)
-        if stride > 1:
-            for i in range(n):
-                fill_between_keyframes(timestamps_s, keyframes[i], frames[i], boxes[i], presence[i])
+        frames = [frames_in_span(row_ts[i], s, e) for i, (s, e) in enumerate(spans)]
+        # the pair budget holds per window (a window's result does not depend on what it is batched with)
+        strides = {w: frame_stride_for_budget([frames[i] for i in range(n) if row_window[i] == w], self.config.decoder_pair_budget)
+                   for w in set(row_window)}
+        keyframes = [keyframes_of(idx, strides[row_window[i]]) for i, idx in enumerate(frames)]
+        boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
+        for i in range(n):
+            if strides[row_window[i]] > 1:
+                fill_between_keyframes(row_ts[i], keyframes[i], frames[i], boxes[i], presence[i])
         answer_score = score
         if self.config.score is ScoreMode.ANSWER_AND_PRESENCE:
             score = (answer_score * presence.amax(-1)).sqrt()
@@ -307,13 +366,19 @@ class SpaceVLLM(nn.Module):
         return min(len(self.vocab.time_ids) - 1, int(math.ceil((timestamps_s[-1] + step) * 10 - 1e-6)))
 
 
-def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: list[tuple[int, ...]]):
+def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: list[tuple[int, ...]],
+                    row_window: list[int] | None = None):
     """Run the space decoder on each question's span frames only, as (question, frame) pairs.
 
     The decoder treats frames independently (each frame's tokens read the question; each STQ reads its
     own frame), so a pair is a batch item with one frame, and the cost follows the frames in spans, not
-    questions x window. Returns boxes (N, F, 4) and presence probabilities (N, F), zeros off the spans."""
-    n, f = len(frames), stq_states.shape[0]
+    questions x window. stq_states (W, F, D) and frame_tokens (W, F, G, D) hold W windows (or (F, D) and
+    (F, G, D) for one); question i reads window row_window[i]. Returns boxes (N, F, 4) and presence
+    probabilities (N, F), zeros off the spans."""
+    if stq_states.dim() == 2:
+        stq_states, frame_tokens = stq_states[None], frame_tokens[None]
+    n, f = len(frames), stq_states.shape[1]
+    row_window = row_window or [0] * n
     boxes = torch.zeros(n, f, 4)
     presence = torch.zeros(n, f)
     pairs = [(i, k) for i, idx in enumerate(frames) for k in idx]
@@ -321,7 +386,8 @@ def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: 
         chunk = pairs[at : at + DECODER_MAX_PAIRS]
         qi = torch.tensor([i for i, _ in chunk])
         fk = torch.tensor([k for _, k in chunk])
-        dec = decoder(stq_states[fk][:, None], frame_tokens[fk][:, None], q_states[qi], qmask[qi])  # batch of pairs, 1 frame
+        wk = torch.tensor([row_window[i] for i, _ in chunk])
+        dec = decoder(stq_states[wk, fk][:, None], frame_tokens[wk, fk][:, None], q_states[qi], qmask[qi])  # batch of pairs, 1 frame
         boxes[qi, fk] = dec.boxes_cxcywh[:, 0].float()
         presence[qi, fk] = dec.presence_logits[:, 0].float().sigmoid()
     return boxes, presence
