@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -15,7 +16,9 @@ import redis
 from engine.events import GroundingEvent
 from engine.grounder import WindowGrounder
 from engine.queries import QueryRegistry, validate_query
-from engine.settings import ServiceConfig
+from engine.settings import ServiceConfig, default_data_dir
+from engine.runtime.base import resolve_backend
+from engine.supervisor import Supervisor
 from engine.worker import EngineWorker
 from stream.config import CameraSettings
 from stream.ingest import IngestService
@@ -83,7 +86,9 @@ def load_engine_model(cfg: ServiceConfig):
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
     model = load_model(cfg.engine.model)
-    return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir)
+    cache = Path(cfg.data_dir or default_data_dir()) / "onnx"
+    return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir,
+                                model_dir=cfg.engine.model, cache_dir=str(cache), threads=cfg.engine.threads)
 
 
 def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
@@ -107,22 +112,50 @@ def format_event(e: GroundingEvent) -> str:
             f"score={e.score:.2f}{box}")
 
 
+def up_threads(cfg: ServiceConfig, cores: int | None = None) -> tuple[int, int]:
+    """(engine threads, ingest decoder threads per camera) for `up` on this machine: the engine gets
+    `engine.threads` or all cores but one (ingest decodes on the rest), each camera decoder one thread
+    when the cameras outnumber the cores (`ingest.decoder_threads` overrides)."""
+    cores = cores or os.cpu_count() or 1
+    engine = cfg.engine.threads or max(1, cores - 1)
+    return engine, cfg.ingest.decoder_threads
+
+
+def ingest_role(control, cfg: ServiceConfig, url: str, cameras: list[CameraSettings]) -> None:
+    """`up`'s ingest process: the cameras -> windows, until stopped (its cameras are then marked stopped)."""
+    client = connect(url, cluster=cfg.redis.cluster)
+    IngestService(client, cfg.redis.keys(), cameras, cfg.windows, cfg.ingest, stop=control.stop).run(install_signals=False)
+
+
+def engine_role(control, cfg: ServiceConfig, url: str, echo: Callable[[str], None]) -> None:
+    """`up`'s engine process: windows -> events until stopped; on `finish`, work off what is waiting (up to 10 s),
+    end the stopped cameras' events, and stop."""
+    cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"threads": control.threads})})
+    loaded = load_engine_model(cfg)
+    client = connect(url, cluster=cfg.redis.cluster)
+    engine = build_engine(cfg, client, cfg.redis.keys(), control.stop, on_event=lambda e: echo(format_event(e)), loaded=loaded)
+    threading.Thread(target=lambda: control.finish.wait() and engine.finish(timeout_s=10.0), daemon=True).start()
+    engine.run()
+
+
 def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
     worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
 
-    Start order: the model first (a bad model fails before anything is started), then Redis, then
-    ingest and the engine. Stop order: ingest (its cameras are marked stopped), then the engine (which
-    ends their open events with `camera_stopped`), then the embedded Redis. Every exit path stops
-    what was started."""
+    Ingest and the engine run as separate processes (engine/supervisor.py), each with its own thread budget
+    (`up_threads`). Start order: the model first (a bad model fails before anything is started; the ONNX
+    export is cached then), then Redis, then ingest and the engine. Stop order: ingest (its cameras are
+    marked stopped), then the engine (which ends their open events with `camera_stopped`), then the embedded
+    Redis. Every exit path stops what was started."""
     loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
-    shutdown, ingest_stop, engine_stop = threading.Event(), threading.Event(), threading.Event()
+    del loaded  # the engine process loads its own copy
+    shutdown = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
     server = None
-    threads: list[threading.Thread] = []
+    roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
@@ -136,29 +169,24 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
             q = registry.add(validate_query(spec))
             echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
                  f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
-        ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=ingest_stop)
-        engine = build_engine(cfg, client, keys, engine_stop, on_event=lambda e: echo(format_event(e)), loaded=loaded)
-        echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); "
-             "Ctrl-C stops")
-        threads = [threading.Thread(target=ingest.run, kwargs={"install_signals": False}, name="ingest", daemon=True),
-                   threading.Thread(target=engine.run, name="engine", daemon=True)]
-        for t in threads:
-            t.start()
+        engine_threads, _ = up_threads(cfg)
+        echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} "
+             f"({resolve_backend(cfg.engine.backend)}, {engine_threads} threads); Ctrl-C stops")
+        roles.start("engine", engine_role, (cfg, url, echo), threads=engine_threads)
+        roles.start("ingest", ingest_role, (cfg, url, cameras))
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not shutdown.wait(0.2):
-            if not threads[1].is_alive():
+            if not roles.alive("engine"):
                 echo("the engine stopped unexpectedly; shutting down")
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
-        ingest_stop.set()
-        if threads:
-            threads[0].join(timeout=15)
-        if len(threads) > 1:  # after ingest: its cameras are stopped; the engine finishes their windows, ends their events
-            engine.finish(timeout_s=10.0)
-            threads[1].join(timeout=30)
-        engine_stop.set()
+        roles.stop("ingest", timeout_s=15.0)
+        # after ingest: its cameras are stopped; the engine finishes their windows and ends their events
+        if not roles.finish("engine", timeout_s=30.0):
+            roles.stop("engine", timeout_s=5.0)
+        roles.close()
         if server is not None:
             server.stop()
         for sig, handler in previous.items():

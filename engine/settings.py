@@ -24,8 +24,9 @@ def default_data_dir() -> str:
 
 class EngineSettings(Strict):
     model: str = DEFAULT_MODEL_DIR
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
-    onnx_dir: str | None = None  # onnxruntime: exported graphs (exported on the fly when None)
+    # auto: onnxruntime when installed (faster on a CPU, bench/backends.py), else torch
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    onnx_dir: str | None = None  # onnxruntime: exported graphs (None: exported once per checkpoint into <data_dir>/onnx)
     engine_dir: str | None = None  # tensorrt: serialized engines + manifest
     group: str = "engines"
     claim_idle_ms: int = Field(30_000, ge=100)  # entries pending longer than this are claimed from dead workers

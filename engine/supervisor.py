@@ -1,0 +1,135 @@
+"""`up`'s roles as separate processes, each with its own CPU thread budget, stopped in order.
+
+Why processes: ingest (FFmpeg decode, many camera threads with Python in between) and the engine (torch)
+in one process fight over the GIL, and their thread pools (torch intra-op, FFmpeg) oversubscribe the
+cores; separate processes measured faster (bench/headline.py). Each role is a module-level function
+`target(control, *args)` run in a spawned process:
+
+- `control.stop` (a threading.Event in the child) is set when the parent asks the role to stop, on
+  SIGTERM, or when the parent process dies (nothing is left running on any exit path);
+- `control.finish` is set when the parent asks the role to work off what is waiting and then stop (the
+  engine, after ingest has stopped its cameras);
+- SIGINT is ignored in the children: a terminal's Ctrl-C reaches the whole process group, and the parent
+  stops the roles in its own order (ingest, then the engine, then Redis).
+
+`threads` caps the role's compute threads (OMP/MKL/torch intra-op through the environment, read by the
+role as `control.threads`).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class RoleControl:
+    """What a role's target gets in its process."""
+
+    name: str
+    stop: threading.Event
+    finish: threading.Event
+    threads: int  # 0: the role's own default
+
+
+@dataclass
+class _Role:
+    name: str
+    process: mp.Process
+    stop: object  # shared flags (multiprocessing RawValue), polled by the child: unlike a multiprocessing Event,
+    finish: object  # setting one never blocks on a child that died while waiting on it
+
+
+def _child(name: str, target: Callable, stop, finish, threads: int, log_level: int, args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us, in order
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    local_stop, local_finish = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: local_stop.set())
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
+    parent = mp.parent_process()
+
+    def watch() -> None:  # parent's requests, or its death, become the role's events
+        while not local_stop.wait(0.1):
+            if stop.value:
+                local_stop.set()
+            if finish.value:
+                local_finish.set()
+            if parent is not None and multiprocessing.connection.wait([parent.sentinel], timeout=0):
+                log.warning("%s: the parent process is gone; stopping", name)
+                local_stop.set()
+
+    threading.Thread(target=watch, name=f"{name}-control", daemon=True).start()
+    target(RoleControl(name, local_stop, local_finish, threads), *args)
+
+
+class Supervisor:
+    """Start roles, tell them to finish or stop, and make sure none outlives `close()`."""
+
+    def __init__(self) -> None:
+        self.ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads, locks or torch state
+        self.roles: dict[str, _Role] = {}
+
+    def start(self, name: str, target: Callable, args: tuple = (), threads: int = 0) -> None:
+        stop, finish = self.ctx.RawValue("b", 0), self.ctx.RawValue("b", 0)
+        proc = self.ctx.Process(target=_child, name=f"spacevllm-{name}", daemon=False,
+                                args=(name, target, stop, finish, threads, logging.getLogger().getEffectiveLevel(), args))
+        saved = {k: os.environ.get(k) for k in THREAD_ENV}
+        if threads:
+            os.environ.update({k: str(threads) for k in THREAD_ENV})  # read by the child's libraries at import
+        # a Ctrl-C while the child is still starting must not kill it before it can ignore SIGINT
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.roles[name] = _Role(name, proc, stop, finish)
+        log.info("started %s (pid %d, threads %s)", name, proc.pid, threads or "default")
+
+    def alive(self, name: str) -> bool:
+        role = self.roles.get(name)
+        return role is not None and role.process.is_alive()
+
+    def exitcode(self, name: str) -> int | None:
+        return self.roles[name].process.exitcode
+
+    def finish(self, name: str, timeout_s: float) -> bool:
+        """Ask a role to work off what is waiting and stop; True when it ended within `timeout_s`."""
+        role = self.roles.get(name)
+        if role is None:
+            return True
+        role.finish.value = 1
+        role.process.join(timeout_s)
+        return not role.process.is_alive()
+
+    def stop(self, name: str, timeout_s: float = 15.0) -> None:
+        """Ask a role to stop; after `timeout_s` terminate it, then kill it."""
+        role = self.roles.get(name)
+        if role is None:
+            return
+        role.stop.value = 1
+        role.process.join(timeout_s)
+        if role.process.is_alive():
+            log.warning("%s did not stop within %.0f s; terminating it", name, timeout_s)
+            role.process.terminate()
+            role.process.join(5.0)
+        if role.process.is_alive():
+            role.process.kill()
+            role.process.join(5.0)
+
+    def close(self) -> None:
+        for name in reversed(list(self.roles)):
+            self.stop(name, timeout_s=5.0)
