@@ -32,7 +32,8 @@ def demo_clip(resolution: str = "720p", seconds: float = 3 * DEMO_EPISODE_S, fps
         st = out.add_stream("libx264", rate=fps)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
         # a camera-like stream: no B-frames, GOP 2 s; "veryfast" keeps rendering a 30 s clip to about a minute
-        st.options = {"crf": str(crf), "preset": "veryfast", "bf": "0", "g": str(2 * fps)}
+        st.codec_context.max_b_frames, st.codec_context.gop_size = 0, 2 * fps
+        st.options = {"crf": str(crf), "preset": "veryfast"}
         scenes = {}
         for k in range(int(seconds * fps)):
             t = k / fps

@@ -2,6 +2,7 @@
 between two snapshots to get the quantiles of any interval (the engine's heartbeat carries a snapshot)."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 # seconds; fine below the 3 s target (stride + 1 s), coarse above
@@ -13,19 +14,27 @@ BUCKETS_S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3
 class LatencyHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * len(BUCKETS_S))  # per bucket, not cumulative
     total_s: float = 0.0
-    max_s: float = 0.0  # since the last `take_max()`
+    recent: deque = field(default_factory=deque)  # (monotonic time, seconds) of the last `RECENT_S`
 
-    def observe(self, seconds: float) -> None:
+    RECENT_S = 30.0
+
+    def observe(self, seconds: float, now: float) -> None:
         for k, upper in enumerate(BUCKETS_S):
             if seconds <= upper:
                 self.counts[k] += 1
                 break
         self.total_s += seconds
-        self.max_s = max(self.max_s, seconds)
+        self.recent.append((now, seconds))
+        self._trim(now)
 
-    def take_max(self) -> float:
-        m, self.max_s = self.max_s, 0.0
-        return m
+    def recent_max(self, now: float) -> float:
+        """The largest latency observed in the last RECENT_S seconds (0 when none)."""
+        self._trim(now)
+        return max((s for _, s in self.recent), default=0.0)
+
+    def _trim(self, now: float) -> None:
+        while self.recent and self.recent[0][0] < now - self.RECENT_S:
+            self.recent.popleft()
 
     @property
     def count(self) -> int:

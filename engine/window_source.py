@@ -68,8 +68,9 @@ class WindowSource:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.retry_backoff_s = retry_backoff_s
-        # new entries per shard per read: a read returns up to about `batch` windows over all shards
-        self.per_shard = max(1, batch // keys.shards)
+        # new entries per shard per read: about `batch` windows over all shards, and at least 2 when batching, so
+        # that a camera that is behind shows it (two of its windows in one read: the engine's admission skips the older)
+        self.per_shard = max(2 if batch > 1 else 1, batch // keys.shards)
         self.cluster = cluster if cluster is not None else type(client).__name__ == "RedisCluster"
         self._retries: dict[tuple[int, str], float] = {}  # (shard, entry id) -> when to retry
         self._claim_shard = 0

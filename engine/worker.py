@@ -146,7 +146,7 @@ class EngineWorker:
         beat = {"ts": time.time(), "processed": st.processed, "skipped": st.skipped, "failed": st.failed,
                 "dead_lettered": st.dead_lettered, "superseded": st.superseded, "stale": st.stale, "batches": st.batches,
                 "latency_buckets": st.latency.counts, "latency_sum_s": round(st.latency.total_s, 3),
-                "latency_max_s": round(st.latency.take_max(), 3)}
+                "latency_max_30s": round(st.latency.recent_max(time.monotonic()), 3)}
         self.client.set(self.keys.heartbeat("engine", self.consumer), json.dumps(beat),
                         ex=int(self.settings.heartbeat_s * 3) + 1)
 
@@ -160,6 +160,7 @@ class EngineWorker:
         """The windows that were ready together: admission, then one grounding batch, then one commit each.
         Should the batch fail as a whole, its windows are processed one at a time, so a bad window fails alone."""
         if len(deliveries) == 1:
+            self.stats.batches += 1
             return self.handle(deliveries[0])
         ready: list[tuple[Delivery, Window]] = []
         for d in deliveries:
@@ -175,6 +176,10 @@ class EngineWorker:
                 continue
             queries = self.watcher.for_camera(window.camera_id)
             todo.append((d, window, queries, self.frames.load_frames(window) if queries else []))
+        return [e for at in range(0, len(todo), self.settings.batch_windows)
+                for e in self._ground_and_commit(todo[at : at + self.settings.batch_windows])]
+
+    def _ground_and_commit(self, todo: list) -> list[GroundingEvent]:
         if not todo:
             return []
         try:
@@ -252,7 +257,7 @@ class EngineWorker:
     def _committed(self, window: Window) -> None:
         self.stats.processed += 1
         if window.frames_ms:
-            self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0)
+            self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0, time.monotonic())
 
     # ---- one window --------------------------------------------------------------------
     def handle(self, d: Delivery) -> list[GroundingEvent]:

@@ -17,6 +17,7 @@ from engine.events import GroundingEvent
 from engine.settings import DEFAULT_MODEL_DIR
 from stream.config import WindowSettings
 from stream.keys import Keys
+from stream.types import Window
 
 def test_the_same_window_processed_twice_yields_no_duplicate(redis_client, tiny_model_dir):
     keys = Keys("dup:")
@@ -159,3 +160,69 @@ def test_end_to_end_a_query_for_an_absent_object_yields_no_event(redis_client):
     # then no event is published for the green triangle, while the same windows do yield the yellow one
     assert [e for e in events if e.query_id == "absent"] == []
     assert [e for e in events if e.query_id == "present"], "the yellow triangle was not found either"
+
+
+# ---- admission: a live camera's windows when the engine is behind ------------------------------
+def _live_windows(client, keys: Keys, cam: str, starts_ago_s: list[float], live: bool = True) -> list[Window]:
+    """Windows of 4 s / 2 fps whose frames (random 32 px PNGs) were captured `starts_ago_s` before now."""
+    import numpy as np
+
+    from stream.imagecodec import encode_image
+    from stream.store import WindowStore
+
+    store = WindowStore(client, keys, frame_ttl_s=600)
+    rng = np.random.default_rng(0)
+    now_ms = int(time.time() * 1000)
+    out = []
+    for ago in starts_ago_s:
+        start = now_ms - int(ago * 1000)
+        frames = tuple(start + 500 * k for k in range(8))
+        for ts in frames:
+            store.put_frame(cam, ts, encode_image(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+        w = Window(cam, start, start + 4000, frames, (320, 240), 32, live)
+        store.add_window(w)
+        out.append(w)
+    return out
+
+
+def test_handle_batch_when_a_live_camera_is_behind_processes_its_newest_window_and_skips_the_rest(redis_client, tiny_model_dir, caplog):
+    keys = Keys("adm:", shards=1)
+    add_queries(redis_client, keys, ALWAYS)
+    # given a live camera with three windows waiting (the engine is behind), a live window 60 s old,
+    # and an old window of a file played offline
+    behind = _live_windows(redis_client, keys, "cam-live", [9.0, 7.0, 5.0])
+    stale = _live_windows(redis_client, keys, "cam-stale", [64.0])
+    offline = _live_windows(redis_client, keys, "cam-file", [64.0], live=False)
+    w = worker(redis_client, keys, tiny_model_dir, max_window_lag_s=30.0, batch_windows=8)
+    # when the engine works off what is waiting
+    with caplog.at_level("WARNING", logger="engine.worker"):
+        w.run(idle_exit_s=1.0)
+    # then only the live camera's newest window and the offline window were grounded
+    assert (w.stats.processed, w.stats.superseded, w.stats.stale) == (2, 2, 1)
+    done = {win.window_id: redis_client.get(keys.window_done(win.camera_id, win.window_id)) for win in behind + stale + offline}
+    assert done == {behind[0].window_id: b"superseded", behind[1].window_id: b"superseded", behind[2].window_id: b"1",
+                    stale[0].window_id: b"stale", offline[0].window_id: b"1"}
+    # and every window was acknowledged, the skips are counted in the heartbeat's metric and said in the log
+    assert pending(redis_client, keys) == 0
+    assert {e["window_id"] for e in events_of(redis_client, keys) if e["type"] == "new"} == {behind[2].window_id, offline[0].window_id}
+    assert any("is behind: skipped" in r.getMessage() and "add engine workers" in r.getMessage() for r in caplog.records)
+
+
+def test_heartbeat_when_windows_were_processed_carries_their_latency_histogram(redis_client, tiny_model_dir):
+    import json
+
+    from engine.latency import quantile
+
+    keys = Keys("lat:", shards=1)
+    add_queries(redis_client, keys, ALWAYS)
+    # given two live windows whose last frames were captured about 5.5 s and 3.5 s ago
+    _live_windows(redis_client, keys, "cam-live", [9.0], live=True)
+    _live_windows(redis_client, keys, "cam-live2", [7.0], live=True)
+    w = worker(redis_client, keys, tiny_model_dir)
+    w.run(idle_exit_s=1.0)
+    # when the engine beats
+    w.heartbeat()
+    beat = json.loads(redis_client.get(keys.heartbeat("engine", w.consumer)))
+    # then its latency histogram holds both windows, between 3.5 s and 10 s after capture
+    assert sum(beat["latency_buckets"]) == 2 and beat["processed"] == 2
+    assert 3.5 <= quantile(0.5, beat["latency_buckets"]) <= 10.0 and 3.5 <= beat["latency_max_30s"] <= 10.0

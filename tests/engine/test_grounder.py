@@ -1,0 +1,104 @@
+"""Batched grounding across windows equals grounding one window at a time (real Redis frames, the shipped model)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.grounder import MissingFrames, WindowGrounder
+from engine.model.checkpoint import load_model
+from engine.queries import StandingQuery
+from engine.runtime import TorchBackend
+from engine.settings import DEFAULT_MODEL_DIR
+from stream.config import CameraSettings, WindowSettings
+from stream.ingest import IngestService
+from stream.keys import Keys
+from stream.store import WindowStore
+from stream.types import Window
+
+WINDOWS = WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2, input_size=64, frame_ttl_seconds=600)
+QUERIES = [StandingQuery("red", "the red circle moving right", threshold=0.0),
+           StandingQuery("yellow", "the yellow triangle moving down", threshold=0.0),
+           StandingQuery("blue", "the blue square", threshold=0.0),
+           StandingQuery("green", "the green triangle moving up", threshold=0.0)]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(DEFAULT_MODEL_DIR)
+
+
+def _windows(client, keys: Keys) -> list[Window]:
+    """Overlapping windows of three cameras; the third camera's have gaps (fewer frames: a batch of its own)."""
+    cams = [CameraSettings(id=f"cam{k}", url=f"synthetic://demo?fps=10&realtime=0&seconds=14&epoch={2000 + 7 * k}")
+            for k in range(2)] + [CameraSettings(id="gappy", url="synthetic://random?seed=3&fps=10&realtime=0&seconds=12&epoch=3000")]
+    IngestService(client, keys, cams, WINDOWS).run(install_signals=False)
+    windows = [Window.from_fields(f) for s in keys.all_shards() for _, f in client.xrange(keys.windows(s))]
+    return [Window(w.camera_id, w.start_ms, w.end_ms, w.frames_ms[::3], w.frame_wh, w.input_size) if w.camera_id == "gappy" else w
+            for w in windows]
+
+
+def _assert_close(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.window_id == y.window_id
+        assert (x.span is None) == (y.span is None)
+        if x.span is not None:
+            assert max(abs(p - q) for p, q in zip(x.span, y.span)) < 1e-4
+        assert abs(x.score - y.score) < 1e-4
+        assert [bx.ts for bx in x.boxes] == [by.ts for by in y.boxes]
+        for bx, by in zip(x.boxes, y.boxes):  # pixels of a 320 x 240 camera: 1e-4 of the frame
+            assert max(abs(p - q) for p, q in zip(bx.xyxy, by.xyxy)) < 1e-4 * 320
+
+
+def test_ground_many_when_windows_of_several_cameras_are_batched_equals_one_at_a_time(redis_client, shipped):
+    # given windows of three cameras (overlapping windows of one camera, and windows with fewer frames) in Redis
+    keys = Keys("batch:")
+    windows = _windows(redis_client, keys)
+    assert len({w.camera_id for w in windows}) == 3 and len({len(w.frames_ms) for w in windows}) > 1
+    store = WindowStore(redis_client, keys)
+    items = [(w, store.load_frames(w), QUERIES[: 1 + k % 4]) for k, w in enumerate(windows)]
+    # when they are grounded one window at a time, and all together as one batch
+    single = WindowGrounder(shipped, TorchBackend(shipped), keys)
+    one_by_one = [single.ground(w, frames, qs) for w, frames, qs in items]
+    batched = WindowGrounder(shipped, TorchBackend(shipped), keys)
+    together = batched.ground_many(items)
+    # then every window's observations agree within 1e-4 (scores, spans, boxes)
+    for got, want in zip(together, one_by_one):
+        _assert_close(got, want)
+    # and the batch encoded each distinct frame once
+    assert batched.stats.frames_encoded == len({(w.camera_id, t) for w in windows for t in w.frames_ms})
+
+
+def test_ground_many_when_one_window_lost_its_frames_fails_that_window_only(redis_client, shipped):
+    keys = Keys("batchgone:")
+    windows = _windows(redis_client, keys)[:3]
+    store = WindowStore(redis_client, keys)
+    items = [(w, store.load_frames(w), QUERIES[:2]) for w in windows]
+    # given the second window's last frame expired
+    items[1] = (items[1][0], items[1][1][:-1] + [None], items[1][2])
+    # when the three are grounded as one batch
+    out = WindowGrounder(shipped, TorchBackend(shipped), keys).ground_many(items)
+    # then the second is MissingFrames and the others are grounded as they would be alone
+    assert isinstance(out[1], MissingFrames)
+    alone = WindowGrounder(shipped, TorchBackend(shipped), keys)
+    _assert_close(out[0], alone.ground(*items[0]))
+    _assert_close(out[2], alone.ground(*items[2]))
+
+
+def test_ground_batch_when_questions_are_padded_equals_ground_per_window(tiny_model):
+    # given two windows' frame tokens (random weights, random pixels) and question lists of different lengths
+    torch.manual_seed(1)
+    s = tiny_model.config.vision.image_size
+    f = 6
+    vis = torch.stack([tiny_model.encode_frames(torch.rand(f, 3, s, s)) for _ in range(2)])
+    ts = [[0.5 * k for k in range(f)], [0.25 + 0.5 * k for k in range(f)]]
+    questions = [["the red circle moving right", "the blue square"], ["the small white triangle standing still"]]
+    # when grounded as one batch and one window at a time
+    batch = tiny_model.ground_batch(tiny_model.encode_window_batch(ts, vis), questions)
+    each = [tiny_model.ground(tiny_model.encode_window(None, ts[k], visual_tokens=vis[k]), questions[k]) for k in range(2)]
+    # then the answers agree within 1e-4
+    for bw, ew in zip(batch, each):
+        for b, e in zip(bw, ew):
+            assert b.span_s == e.span_s and b.frame_indices == e.frame_indices
+            assert abs(b.score - e.score) < 1e-4 and abs(b.answer_score - e.answer_score) < 1e-4
+            assert torch.allclose(b.all_boxes_cxcywh, e.all_boxes_cxcywh, atol=1e-4)

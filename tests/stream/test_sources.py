@@ -1,0 +1,81 @@
+"""PyAV sources decode less: only the frames the sampler keeps are converted (one scaler call), and non-reference
+frames are not decoded at all. Real H.264 written by PyAV/libx264."""
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from stream.imagecodec import resize
+from stream.scenes import random_scene, render_frame
+from stream.sources import PyAVSource
+
+
+def _h264(path, seconds: float = 2.0, fps: int = 25, size=(320, 240), bframes: int = 0):
+    w, h = size
+    scene = random_scene(np.random.default_rng(0), seconds, (w, h), n_objects=2)
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("libx264", rate=fps)
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.codec_context.max_b_frames = bframes
+        st.options = {"preset": "veryfast", "g": str(fps), "x264-params": "b-pyramid=none"}  # B-frames no frame refers to
+        for k in range(int(seconds * fps)):
+            if bframes:  # a bar sliding over a flat background: content x264 codes with B-frames
+                img = np.full((h, w, 3), 100, np.uint8)
+                img[:, (k * 4) % (w - 20):(k * 4) % (w - 20) + 20] = 255
+            else:
+                img = render_frame(scene, k / fps)
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    return path
+
+
+def test_frames_when_decoded_are_not_converted_until_resized(tmp_path):
+    # given a 320x240 H.264 file
+    src = PyAVSource(f"file://{_h264(tmp_path / 'a.mp4')}", realtime=False)
+    try:
+        raw = next(iter(src.frames()))
+        # then a frame arrives in the decoder's own format, with its size
+        assert raw.image is None and raw.frame.format.name == "yuv420p" and raw.size_wh == (320, 240)
+        # and resizing it straight from YUV gives what converting the whole frame to RGB and then resizing gave
+        direct = raw.resized(64)
+        via_rgb = resize(raw.rgb(), 64)
+        assert direct.shape == (64, 64, 3) and direct.dtype == np.uint8
+        assert np.abs(direct.astype(int) - via_rgb.astype(int)).mean() < 3.0
+    finally:
+        src.close()
+
+
+def test_frames_when_the_stream_has_b_frames_skips_decoding_them(tmp_path):
+    # given 2 s at 25 fps without B-frames, and 2 s with two B-frames (not references) after every P-frame
+    plain = PyAVSource(f"file://{_h264(tmp_path / 'p.mp4')}", realtime=False)
+    with_b = PyAVSource(f"file://{_h264(tmp_path / 'b.mp4', bframes=2)}", realtime=False)
+
+    def times(src):
+        out = []
+        try:
+            for raw in src.frames():
+                out.append(raw.pts_s)
+        except Exception:  # SourceEnded
+            pass
+        finally:
+            src.close()
+        return out
+
+    # when both are decoded
+    p, b = times(plain), times(with_b)
+    # then every frame of the first is decoded, and the non-reference B-frames of the second are not
+    assert len(p) == 50
+    assert 15 <= len(b) <= 35
+    # and the decoded frames still span the clip, never more than 3 frame periods apart (2 fps sampling keeps working)
+    assert max(np.diff(sorted(b))) <= 3 / 25 + 1e-6 and sorted(b)[-1] >= 1.8
+
+
+def test_frames_when_decoder_threads_is_set_uses_that_many(tmp_path):
+    src = PyAVSource(f"file://{_h264(tmp_path / 't.mp4')}", realtime=False, decoder_threads=1)
+    try:
+        assert src.container.streams.video[0].codec_context.thread_count == 1
+        assert next(iter(src.frames())).size_wh == (320, 240)
+    finally:
+        src.close()
