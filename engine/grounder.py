@@ -62,8 +62,9 @@ class FeatureCache:
 
 
 class WindowGrounder:
-    def __init__(self, model, backend, keys: Keys, cache_frames: int = 2048) -> None:
+    def __init__(self, model, backend, keys: Keys, cache_frames: int = 2048, skip_hopeless: bool = True) -> None:
         self.model = model
+        self.skip_hopeless = skip_hopeless  # no space decoder for queries below their threshold whatever it says
         self.backend = backend
         self.keys = keys
         self.cache = FeatureCache(cache_frames)
@@ -121,7 +122,8 @@ class WindowGrounder:
         sub, frames, rel = self._input(window, frames)
         vis = self.visual_tokens(sub, frames)
         prefix = self.model.encode_window(None, rel, visual_tokens=vis)
-        results = self.model.ground(prefix, [q.text for q in queries], decoder=self.backend.decode)
+        results = self.model.ground(prefix, [q.text for q in queries], decoder=self.backend.decode,
+                                    min_scores=self._floors(queries))
         return self._observations(window, sub.frames_ms, queries, results)
 
     def ground_many(self, items: list[tuple[Window, list[bytes | None], list[StandingQuery]]]) -> list[list[Observation] | MissingFrames]:
@@ -141,16 +143,24 @@ class WindowGrounder:
                 groups.setdefault(v.shape[0], []).append(i)
         for members in groups.values():
             prefix = self.model.encode_window_batch([inputs[i][2] for i in members], torch.stack([tokens[i] for i in members]))
-            results = self.model.ground_batch(prefix, [[q.text for q in items[i][2]] for i in members], decoder=self.backend.decode)
+            results = self.model.ground_batch(prefix, [[q.text for q in items[i][2]] for i in members], decoder=self.backend.decode,
+                                              min_scores=[self._floors(items[i][2]) for i in members] if self.skip_hopeless else None)
             for i, res in zip(members, results):
                 out[i] = self._observations(items[i][0], inputs[i][0].frames_ms, items[i][2], res)
         return out
+
+    def _floors(self, queries: list[StandingQuery]) -> list[float] | None:
+        """Each query's match threshold: a query that cannot reach it needs no boxes (the model skips its decoder)."""
+        if not self.skip_hopeless:
+            return None
+        return [q.threshold if q.threshold is not None else self.model.config.default_threshold for q in queries]
 
     def _observations(self, window: Window, frames_ms: tuple[int, ...], queries: list[StandingQuery], results) -> list[Observation]:
         start_ts = window.start_ms / 1000.0
         out = []
         for q, g in zip(queries, results):
             matched = g.score >= (q.threshold if q.threshold is not None else self.model.config.default_threshold)
+            # (an unmatched query's score may be the upper bound its decoder was skipped for: never used for events)
             boxes = ()
             span = None
             if matched:

@@ -222,17 +222,18 @@ class SpaceVLLM(nn.Module):
 
     @torch.no_grad()
     def ground_batch(self, prefix: WindowBatchPrefix, questions: list[list[str]], task: str = "stvg",
-                     decoder=None) -> list[list[Grounding]]:
+                     decoder=None, min_scores: list[list[float]] | None = None) -> list[list[Grounding]]:
         """Every window's questions against its own prefix, all windows' questions as one batch of rows (question
-        padding masked; each row attends to its own window's prefix and question only)."""
+        padding masked; each row attends to its own window's prefix and question only). `min_scores`: see `ground`."""
         if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
             raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
         row_window = [k for k, qs in enumerate(questions) for _ in qs]
         flat = [q for qs in questions for q in qs]
         if not flat:
             return [[] for _ in questions]
+        floors = [x for xs in min_scores for x in xs] if min_scores is not None else None
         rows = self._ground_rows(prefix.cache, prefix.length, row_window, flat, task, prefix.timestamps_s,
-                                 prefix.stq_states, prefix.visual_tokens, decoder)
+                                 prefix.stq_states, prefix.visual_tokens, decoder, floors)
         out, at = [], 0
         for qs in questions:
             out.append(rows[at : at + len(qs)])
@@ -240,19 +241,24 @@ class SpaceVLLM(nn.Module):
         return out
 
     @torch.no_grad()
-    def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None) -> list[Grounding]:
+    def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None,
+               min_scores: list[float] | None = None) -> list[Grounding]:
         """Ground every question against one shared window prefix (video-first order).
 
-        `decoder` replaces the PyTorch space decoder (a runtime backend: ONNX Runtime, TensorRT)."""
+        `decoder` replaces the PyTorch space decoder (a runtime backend: ONNX Runtime, TensorRT).
+        `min_scores` (per question, e.g. its match threshold): a question whose score cannot reach it whatever
+        the decoder says (score = sqrt(answer score x presence) <= sqrt(answer score)) skips the space decoder;
+        its Grounding then has the upper bound as score, no boxes and zero presence. The other questions'
+        results are exactly what they would be without it (the frame budget counts every question)."""
         if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
             raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
         if not questions:
             return []
         return self._ground_rows(prefix.cache, prefix.length, [0] * len(questions), questions, task, (prefix.timestamps_s,),
-                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder)
+                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder, min_scores)
 
     def _ground_rows(self, prefix_cache, prefix_length: int, row_window: list[int], questions: list[str], task: str,
-                     timestamps_s, stq_states, frame_tokens, decoder) -> list[Grounding]:
+                     timestamps_s, stq_states, frame_tokens, decoder, min_scores: list[float] | None = None) -> list[Grounding]:
         """One row per question; row r reads window `row_window[r]` of the (batched) prefix.
         stq_states (W, F, D), frame_tokens (W, F, G, D), timestamps_s: W tuples."""
         n = len(questions)
@@ -280,7 +286,7 @@ class SpaceVLLM(nn.Module):
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
         return self._finish(first, out.past_key_values, attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
-                            q_states, qmask, decoder or self.space_decoder, row_window)
+                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -310,7 +316,7 @@ class SpaceVLLM(nn.Module):
                             stq_states, dec_vis, q_states, qmask, self.space_decoder, [0])[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
-                decoder, row_window: list[int]) -> list[Grounding]:
+                decoder, row_window: list[int], min_scores: list[float] | None = None) -> list[Grounding]:
         """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
         the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
 
@@ -341,16 +347,20 @@ class SpaceVLLM(nn.Module):
         strides = {w: frame_stride_for_budget([frames[i] for i in range(n) if row_window[i] == w], self.config.decoder_pair_budget)
                    for w in set(row_window)}
         keyframes = [keyframes_of(idx, strides[row_window[i]]) for i, idx in enumerate(frames)]
+        # questions that cannot reach their floor whatever the decoder says skip it (decoded: the rest)
+        bound = score.sqrt() if self.config.score is ScoreMode.ANSWER_AND_PRESENCE else score  # presence <= 1
+        hopeless = [min_scores is not None and float(bound[i]) < min_scores[i] for i in range(n)]
+        keyframes = [() if hopeless[i] else k for i, k in enumerate(keyframes)]
         boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
         for i in range(n):
-            if strides[row_window[i]] > 1:
+            if strides[row_window[i]] > 1 and not hopeless[i]:
                 fill_between_keyframes(row_ts[i], keyframes[i], frames[i], boxes[i], presence[i])
         answer_score = score
         if self.config.score is ScoreMode.ANSWER_AND_PRESENCE:
-            score = (answer_score * presence.amax(-1)).sqrt()
+            score = torch.where(torch.tensor(hopeless), bound, (answer_score * presence.amax(-1)).sqrt())
         results = []
         for i in range(n):
-            idx = frames[i]
+            idx = () if hopeless[i] else frames[i]
             span_boxes = tuple(tuple(float(x) for x in boxes[i, k]) for k in idx)
             results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i])))
         return results

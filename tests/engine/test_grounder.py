@@ -102,3 +102,36 @@ def test_ground_batch_when_questions_are_padded_equals_ground_per_window(tiny_mo
             assert b.span_s == e.span_s and b.frame_indices == e.frame_indices
             assert abs(b.score - e.score) < 1e-4 and abs(b.answer_score - e.answer_score) < 1e-4
             assert torch.allclose(b.all_boxes_cxcywh, e.all_boxes_cxcywh, atol=1e-4)
+
+
+def test_ground_many_when_a_query_cannot_reach_its_threshold_skips_its_decoder_and_changes_no_match(redis_client, shipped):
+    # given the demo windows and the demo queries at the model's calibrated threshold (some match, most do not)
+    keys = Keys("hopeless:")
+    windows = [w for w in _windows(redis_client, keys) if w.camera_id != "gappy"]
+    store = WindowStore(redis_client, keys)
+    queries = [StandingQuery(q.id, q.text) for q in QUERIES]
+    items = [(w, store.load_frames(w), queries) for w in windows]
+    calls = {"pairs": 0}
+
+    class Counting(TorchBackend):
+        def decode(self, stq, vis, question, mask):
+            calls["pairs"] += stq.shape[0]
+            return super().decode(stq, vis, question, mask)
+
+    # when grounded with every query decoded, and with the hopeless ones skipped
+    full = WindowGrounder(shipped, Counting(shipped), keys, skip_hopeless=False).ground_many(items)
+    decoded_all, calls["pairs"] = calls["pairs"], 0
+    lean = WindowGrounder(shipped, Counting(shipped), keys).ground_many(items)
+    # then fewer (question, frame) pairs went through the decoder
+    assert calls["pairs"] < decoded_all
+    # and exactly the same queries matched, with the same spans, scores and boxes
+    matched = 0
+    for fw, lw in zip(full, lean):
+        for f, l in zip(fw, lw):
+            assert (f.span, f.boxes) == (l.span, l.boxes)
+            if f.span is not None:
+                matched += 1
+                assert f.score == l.score
+            else:
+                assert l.score < shipped.config.default_threshold
+    assert 0 < matched < sum(len(w) for w in full)
