@@ -175,7 +175,8 @@ class CameraWorker(threading.Thread):
             self.health = self.health.moved(CameraState.RUNNING, frames_decoded=self.health.frames_decoded + 1, last_frame_ts=ts)
             lag = self.now() - ts
             if check_lag and lag > self.settings.max_lag_s:
-                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1)
+                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1,
+                                                dropped_late=self.health.dropped_late + 1)
                 self._write_health()
                 continue
             ts_ms = int(round(ts * 1000))
@@ -199,5 +200,5 @@ class CameraWorker(threading.Thread):
                                             windows=self.health.windows + len(specs))
         except redis.RedisError as exc:
             self.health = self.health.moved(self.health.state, frames_dropped=self.health.frames_dropped + 1,
-                                            last_error=f"redis unavailable: {exc}")
+                                            dropped_store=self.health.dropped_store + 1, last_error=f"redis unavailable: {exc}")
             log.warning("camera %s: frame %d not stored (%s)", self.settings.id, ts_ms, exc)

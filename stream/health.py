@@ -1,8 +1,11 @@
 """Camera health: a small state machine, written to Redis as a hash."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from enum import Enum
+
+log = logging.getLogger(__name__)
 
 
 class CameraState(str, Enum):
@@ -35,6 +38,8 @@ class CameraHealth:
     reconnects: int = 0
     last_error: str = ""
     updated_at: float = 0.0
+    dropped_late: int = 0  # of frames_dropped: more than max_lag_s behind real time
+    dropped_store: int = 0  # of frames_dropped: Redis refused or was unreachable
 
     def moved(self, state: CameraState, **changes) -> "CameraHealth":
         if state is not self.state and state not in ALLOWED[self.state]:
@@ -47,6 +52,7 @@ class CameraHealth:
             "frames_decoded": str(self.frames_decoded), "frames_dropped": str(self.frames_dropped),
             "frames_stored": str(self.frames_stored), "windows": str(self.windows), "reconnects": str(self.reconnects),
             "last_error": self.last_error, "updated_at": f"{self.updated_at:.3f}",
+            "dropped_late": str(self.dropped_late), "dropped_store": str(self.dropped_store),
         }
 
     @classmethod
@@ -54,4 +60,24 @@ class CameraHealth:
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
         return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
                    int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
-                   d.get("last_error", ""), float(d["updated_at"]))
+                   d.get("last_error", ""), float(d["updated_at"]), int(d.get("dropped_late", 0)), int(d.get("dropped_store", 0)))
+
+    def to_json(self) -> dict:
+        """The health as the API shows it (numbers as numbers)."""
+        return {"state": self.state.value, "fps": round(self.fps, 2), "last_frame_ts": self.last_frame_ts,
+                "frames_decoded": self.frames_decoded, "frames_dropped": self.frames_dropped,
+                "dropped": {"late": self.dropped_late, "store_failed": self.dropped_store},
+                "frames_stored": self.frames_stored, "windows": self.windows, "reconnects": self.reconnects,
+                "last_error": self.last_error, "updated_at": self.updated_at}
+
+
+def read_health(client, keys, camera_id: str) -> CameraHealth | None:
+    """A camera's last written health (None when ingest never wrote it or it expired)."""
+    raw = client.hgetall(keys.health(camera_id))
+    if not raw:
+        return None
+    try:
+        return CameraHealth.from_dict(camera_id, raw)
+    except (KeyError, ValueError) as exc:
+        log.error("camera %s: unreadable health hash: %s", camera_id, exc)
+        return None
