@@ -20,3 +20,13 @@ def redact_url(url: str | None) -> str:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def url_origin(url: str) -> str:
+    """Scheme and host only (`https://hooks.example.com`): what logs show of a URL whose path may be a secret."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "<unparseable url>"
