@@ -133,6 +133,8 @@ class WebhookDispatcher:
             q = self._queries.get(entry.event.query_id)
             if q is not None and q.webhooks:
                 list(self._pool.map(lambda w: self.deliver(w, entry, q), q.webhooks))
+                if self.stop_event.is_set():  # retries interrupted: keep the cursor before this event
+                    return 0
             self.client.set(self.keys.webhook_cursor(), entry.cursor)
         if not entries:
             self.client.set(self.keys.webhook_cursor(), cursor.encode())
