@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 import redis
 
@@ -18,7 +20,9 @@ from engine.worker import EngineWorker
 from stream.config import CameraSettings
 from stream.ingest import IngestService
 from stream.keys import Keys
-from stream.redis_server import EmbeddedRedis, connect
+from stream.cameras import CameraRegistry
+from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
+from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +36,51 @@ DEMO_QUERIES = [
 
 
 def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, str]:
+    """A client for the configured Redis, or for an embedded one (password-protected, no admin commands).
+    The URL returned may carry a password: show it with `stream.urls.redact_url`."""
     if cfg.redis.url:
         client = connect(cfg.redis.url)
         try:
             client.ping()
         except redis.RedisError as exc:
-            raise SystemExit(f"cannot reach Redis at {cfg.redis.url}: {exc}") from None
+            raise SystemExit(f"cannot reach Redis at {redact_url(cfg.redis.url)}: {exc}") from None
         return client, None, cfg.redis.url
-    server = EmbeddedRedis.start(cfg.redis.data_dir)
+    server = EmbeddedRedis.start(cfg.redis.data_dir, auth=True)
     return connect(server.url), server, server.url
+
+
+def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
+    """Register the config's `queries:` (a config query replaces a stored one with its id: the file is the record)."""
+    registry = QueryRegistry(client, keys)
+    for spec in specs:
+        q = registry.add(validate_query(spec))
+        if echo is not None:
+            echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
+                 f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
+
+
+def redis_cli_path() -> str:
+    return shutil.which("redis-cli") or str(Path(redis_server_binary()).with_name("redis-cli"))
+
+
+def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+              echo: Callable[[str], None]):
+    """`up`'s API: on api.host:api.port with an admin token (SVL_API_TOKEN, or one kept in the data dir); prints
+    the URL and a curl line that works. A port in use is reported in one line and `up` goes on without the API."""
+    from api.auth import Identity, Scope, TokenStore, digest
+    from api.server import ApiServer, ExposureError, demo_admin_token, tokens_path
+
+    token, shell_token = demo_admin_token(cfg.data_dir)
+    stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
+    tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
+    try:
+        server = ApiServer(client, keys, cfg.api, tokens, stop).start()
+    except ExposureError as exc:
+        echo(f"API not started: {exc}")
+        return None
+    echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    echo(f"  curl -H \"Authorization: Bearer {shell_token}\" '{server.url}/v1/events?limit=5'")
+    return server
 
 
 def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
@@ -63,12 +103,18 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-5]
 
 
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-5]
+
+
 def format_event(e: GroundingEvent) -> str:
-    """One readable line: time, camera, query, span, score, first box."""
+    """One readable line: the event's time (its span's end on the capture clock, UTC; not when it was printed),
+    type, camera, query, span, score, first box."""
     box = " first box=[" + ", ".join(f"{v:.0f}" for v in e.boxes[0].xyxy) + "]" if e.boxes else ""
-    return (f"{_clock(time.time())} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
+    reason = f" reason={e.reason.value}" if e.reason is not None else ""
+    return (f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
             f"\"{e.query_text}\" span={_clock(e.start_ts)}-{_clock(e.end_ts)} ({e.end_ts - e.start_ts:.1f} s) "
-            f"score={e.score:.2f}{box}")
+            f"score={e.score:.2f}{box}{reason}")
 
 
 def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
@@ -76,16 +122,21 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     worker, the standing queries; events printed live until Ctrl-C."""
     stop = threading.Event()
     client, server, url = open_redis(cfg)
-    keys = Keys(cfg.redis.prefix)
-    echo(f"Redis: {url}   (watch: redis-cli -u {url} XREAD BLOCK 0 STREAMS {keys.events()} '$')")
+    keys = cfg.redis.keys()
+    if server is not None:
+        echo(f"Redis: {server.display_url} (password in {server.password_file}; no admin commands)")
+        echo(f"  {server.cli_line(redis_cli_path())} HGETALL {keys.queries()}")
+        echo(f"  REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" spacevllm events tail")
+    else:
+        echo(f"Redis: {redact_url(url)}")
     cameras = list(cfg.cameras) or [DEMO_CAMERA]
-    registry = QueryRegistry(client, keys)
-    for spec in (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES:
-        q = registry.add(validate_query(spec))
-        echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} (threshold {q.threshold if q.threshold is not None else 'model default'})")
-    ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=stop)
+    seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
+    ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=stop, registry=CameraRegistry(client, keys))
     engine = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(format_event(e)))
-    echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); Ctrl-C stops")
+    echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); Ctrl-C stops")
+    # ---- the HTTP API (issue 12): a separate block, started after Redis and before the workers' loop
+    api_server = start_api(cfg, client, keys, stop, echo) if cfg.api.enabled else None
+    # ----
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,6 +149,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         engine.run()
     finally:
         stop.set()
+        if api_server is not None:
+            api_server.close()
         ingest_thread.join(timeout=15)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
