@@ -20,7 +20,10 @@ CameraId = Path(..., pattern=ID_PATTERN.pattern, description="camera id")
 
 
 def _show(c: ApiContext, camera_id: str, settings: CameraSettings | None) -> dict:
-    health = read_health(c.client, c.keys, camera_id)
+    try:
+        health = read_health(c.client, c.keys, camera_id)
+    except ValueError:  # a malformed health hash: shown as unknown
+        health = None
     out = {"id": camera_id, "registered": settings is not None, "config": None, "health": health.to_json() if health else None}
     if settings is not None:
         cfg = settings.model_dump(mode="json")

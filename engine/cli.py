@@ -133,6 +133,8 @@ def _service_config(path):
 
 
 def _client(config_path, redis_url):
+    from engine.service import redact
+    from stream.keys import LayoutMismatch, check_layout
     from stream.redis_server import connect
 
     cfg = _service_config(config_path)
@@ -140,13 +142,14 @@ def _client(config_path, redis_url):
     if not url:
         raise click.ClickException("no Redis URL: pass --redis-url, set REDIS_URL, or set redis.url in the config "
                                    "(`spacevllm up` prints the URL of its embedded Redis)")
-    client = connect(url)
     try:
+        client = connect(url, cluster=cfg.redis.cluster)
         client.ping()
+        check_layout(client, cfg.redis.keys())
+    except LayoutMismatch as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # redis errors of any kind: one clear line
-        from stream.urls import redact_url
-
-        raise click.ClickException(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        raise click.ClickException(f"cannot reach Redis at {redact(url)}: {exc}") from None
     return client, cfg.redis.keys()
 
 
@@ -158,9 +161,15 @@ redis_option = click.option("--redis-url", default=None, envvar="REDIS_URL", hel
 @main.command("validate-config")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def validate_config(path) -> None:
-    """Check a service config file."""
+    """Check a service config file, and that its model directory would load (without reading the weights)."""
+    from engine.model.checkpoint import CheckpointError, check_model_dir
+
     cfg = _service_config(path)
-    click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, backend {cfg.engine.backend})")
+    try:
+        model = check_model_dir(cfg.engine.model)
+    except CheckpointError as exc:
+        raise click.ClickException(f"{path}: engine.model: {exc}") from None
+    click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, model {model}, backend {cfg.engine.backend})")
 
 
 @main.command()
@@ -169,12 +178,14 @@ def validate_config(path) -> None:
 def up(config_path, max_seconds) -> None:
     """The main job: embedded Redis, demo camera, ingest, one engine worker, events printed live."""
     from engine.model.checkpoint import CheckpointError
-    from engine.service import run_up
+    from engine.service import ServiceError, run_up
 
     try:
         run_up(_service_config(config_path), click.echo, max_seconds=max_seconds)
     except CheckpointError as exc:
         raise click.ClickException(f"cannot load the model: {exc}") from None
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 health_port_option = click.option("--health-port", type=int, default=None, envvar="SVL_HEALTH_PORT",
@@ -194,19 +205,22 @@ def _serve_healthz(port, alive) -> None:
 def ingest(config_path, health_port) -> None:
     """Ingest cameras into Redis windows (until SIGTERM/SIGINT). The config's cameras seed the camera registry in
     Redis; cameras added or removed there (API, `spacevllm cameras`) are picked up while running."""
-    from engine.service import open_redis, seed_queries
+    from engine.service import ServiceError, open_redis, redact, seed_queries
     from stream.cameras import CameraRegistry
     from stream.ingest import IngestService
-    from stream.urls import redact_url
 
     cfg = _service_config(config_path)
-    client, server, url = open_redis(cfg)
-    click.echo(f"Redis: {redact_url(url)}")
-    keys = cfg.redis.keys()
-    seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
-    svc = IngestService(client, keys, list(cfg.cameras), cfg.windows, cfg.ingest, registry=CameraRegistry(client, keys))
-    _serve_healthz(health_port, lambda: not svc.stop_event.is_set() and bool(client.exists(keys.heartbeat("ingest", svc.worker_id))))
     try:
+        client, server, url = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Redis: {redact(url)}")
+    keys = cfg.redis.keys()
+    try:
+        seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
+        svc = IngestService(client, keys, list(cfg.cameras), cfg.windows, cfg.ingest, registry=CameraRegistry(client, keys))
+        _serve_healthz(health_port, lambda: not svc.stop_event.is_set()
+                       and bool(client.exists(keys.heartbeat("ingest", svc.worker_id))))
         svc.run()
     finally:
         if server is not None:
@@ -216,15 +230,16 @@ def ingest(config_path, health_port) -> None:
 @main.command()
 @config_option
 @click.option("--max-windows", type=int, default=None, help="Exit after this many windows (tests).")
+@click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without a window (tests, benches).")
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host + random).")
 @health_port_option
-def engine(config_path, max_windows, consumer, health_port) -> None:
+def engine(config_path, max_windows, exit_when_idle, consumer, health_port) -> None:
     """An engine worker: windows from Redis -> grounding events. Registers the config's queries."""
     import signal
     import threading
 
-    from engine.service import build_engine, format_event, seed_queries
-    from stream.redis_server import connect
+    from engine.model.checkpoint import CheckpointError
+    from engine.service import ServiceError, build_engine, format_event, load_engine_model, open_redis, seed_queries
 
     cfg = _service_config(config_path)
     if not cfg.redis.url:
@@ -232,16 +247,19 @@ def engine(config_path, max_windows, consumer, health_port) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    from engine.model.checkpoint import CheckpointError
-
-    client, keys = connect(cfg.redis.url, cluster=cfg.redis.cluster), cfg.redis.keys()
     try:
-        seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
-        worker = build_engine(cfg, client, keys, stop, on_event=lambda e: click.echo(format_event(e)), consumer=consumer)
+        loaded = load_engine_model(cfg)
+        client, _, _ = open_redis(cfg)
     except CheckpointError as exc:
         raise click.ClickException(f"cannot load the model: {exc}") from None
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    keys = cfg.redis.keys()
+    seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
+    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: click.echo(format_event(e)),
+                          consumer=consumer, loaded=loaded)
     _serve_healthz(health_port, lambda: not stop.is_set() and bool(client.exists(keys.heartbeat("engine", worker.consumer))))
-    worker.run(max_windows=max_windows)
+    worker.run(max_windows=max_windows, idle_exit_s=exit_when_idle)
 
 
 @main.command()
@@ -251,18 +269,16 @@ def engine(config_path, max_windows, consumer, health_port) -> None:
 def serve(config_path, host, port) -> None:
     """The HTTP API: /v1 queries, cameras, events (+ SSE), webhooks, /metrics, /healthz, /readyz."""
     from api.server import ExposureError, build_server
-    from stream.redis_server import connect
-    from stream.urls import redact_url
+    from engine.service import ServiceError, open_redis
 
     cfg = _service_config(config_path)
     if not cfg.redis.url:
         raise click.ClickException("the API needs a shared Redis: set redis.url or REDIS_URL")
     settings = cfg.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
-    client = connect(cfg.redis.url, cluster=cfg.redis.cluster)
     try:
-        client.ping()
-    except Exception as exc:  # redis errors of any kind: one clear line
-        raise click.ClickException(f"cannot reach Redis at {redact_url(cfg.redis.url)}: {exc}") from None
+        client, _, _ = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir)
     except ExposureError as exc:
@@ -313,7 +329,10 @@ def cameras_ls(config_path, redis_url) -> None:
     announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
     click.echo("ID\tSTATE\tFPS\tDECODED\tDROPPED\tRECONNECTS\tURL\tLAST ERROR")
     for cid in sorted(set(registered) | announced):
-        h = read_health(client, keys, cid)
+        try:
+            h = read_health(client, keys, cid)
+        except ValueError:
+            h = None
         url = redact_url(registered[cid].url) if cid in registered else "(not registered)"
         if h is None:
             click.echo(f"{cid}\t-\t-\t-\t-\t-\t{url}\t")
@@ -421,6 +440,76 @@ def query_rm(query_id, config_path, redis_url) -> None:
     if not GroundingClient(client, keys).remove_query(query_id):
         raise click.ClickException(f"no query {query_id!r}")
     click.echo(f"removed {query_id}")
+
+
+@main.group()
+def windows() -> None:
+    """Windows the engine could not process."""
+
+
+@windows.group("dead", invoke_without_command=True)
+@config_option
+@redis_option
+@click.pass_context
+def windows_dead(ctx, config_path, redis_url) -> None:
+    """Dead-lettered windows: ls (the default), retry REF, drop REF."""
+    ctx.obj = (config_path, redis_url)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(windows_dead_ls)
+
+
+def _window_source(ctx, config_path, redis_url):
+    from engine.window_source import WindowSource
+
+    config_path = config_path or (ctx.obj or (None, None))[0]
+    redis_url = redis_url or (ctx.obj or (None, None))[1]
+    client, keys = _client(config_path, redis_url)
+    return WindowSource(client, keys, _service_config(config_path).engine.group, "cli")
+
+
+@windows_dead.command("ls")
+@config_option
+@redis_option
+@click.pass_context
+def windows_dead_ls(ctx, config_path=None, redis_url=None) -> None:
+    """List dead-lettered windows: REF, when, camera, window start, deliveries, error."""
+    from datetime import datetime, timezone
+
+    dead = _window_source(ctx, config_path, redis_url).dead()
+    for d in dead:
+        when = datetime.fromtimestamp(d.failed_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{d.ref}\t{when}\tcamera={d.window.get('camera')} start_ms={d.window.get('start_ms')}\t"
+                   f"deliveries={d.deliveries}\t{d.error}")
+    if not dead:
+        click.echo("no dead-lettered windows")
+
+
+@windows_dead.command("retry")
+@click.argument("ref")
+@config_option
+@redis_option
+@click.pass_context
+def windows_dead_retry(ctx, ref, config_path, redis_url) -> None:
+    """Put a dead-lettered window back on its stream (REF as `ls` shows it: SHARD/ID)."""
+    try:
+        new_id = _window_source(ctx, config_path, redis_url).retry_dead(ref)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"requeued {ref} as {new_id}")
+
+
+@windows_dead.command("drop")
+@click.argument("ref")
+@config_option
+@redis_option
+@click.pass_context
+def windows_dead_drop(ctx, ref, config_path, redis_url) -> None:
+    """Delete a dead-lettered window."""
+    try:
+        _window_source(ctx, config_path, redis_url).drop_dead(ref)
+    except KeyError as exc:
+        raise click.ClickException(exc.args[0]) from None
+    click.echo(f"dropped {ref}")
 
 
 @main.group()

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class MissingFrames(Exception):
-    """A window's frames expired before it was processed."""
+    """Some of a window's frames are not in Redis (expired, never stored, or evicted)."""
 
 
 @dataclass
@@ -69,7 +69,7 @@ class WindowGrounder:
         missing = [k for k, t in enumerate(tokens) if t is None]
         if any(frames[k] is None for k in missing):
             gone = sum(frames[k] is None for k in missing)
-            raise MissingFrames(f"window {window.window_id}: {gone} of {len(frames)} frames expired before processing")
+            raise MissingFrames(f"window {window.window_id}: {gone} of {len(frames)} frames are missing")
         if missing:
             pixels = np.stack([decode_image(frames[k]) for k in missing])  # (M, S, S, 3)
             px = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0

@@ -206,15 +206,11 @@ class QueryRegistry:
 
     def add(self, query: StandingQuery, replace: bool = True) -> StandingQuery:
         """Register `query`; an existing one with its id is replaced, or with `replace=False` refused (QueryExists)."""
-        if not replace:
-            if not self.client.hsetnx(self.keys.queries(), query.id, json.dumps(query.to_dict())):
-                raise QueryExists(query.id)
-            self.client.publish(self.keys.queries_changed(), json.dumps({"op": "add", "id": query.id}))
-            return query
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.keys.queries(), query.id, json.dumps(query.to_dict()))
-        pipe.publish(self.keys.queries_changed(), json.dumps({"op": "add", "id": query.id}))
-        pipe.execute()
+        if replace:
+            self.client.hset(self.keys.queries(), query.id, json.dumps(query.to_dict()))
+        elif not self.client.hsetnx(self.keys.queries(), query.id, json.dumps(query.to_dict())):
+            raise QueryExists(query.id)
+        self._announce("add", query.id)
         return query
 
     def get(self, query_id: str) -> StandingQuery | None:
@@ -228,11 +224,18 @@ class QueryRegistry:
             return None
 
     def remove(self, query_id: str) -> bool:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(self.keys.queries(), query_id)
-        pipe.publish(self.keys.queries_changed(), json.dumps({"op": "remove", "id": query_id}))
-        removed, _ = pipe.execute()
+        removed = self.client.hdel(self.keys.queries(), query_id)
+        self._announce("remove", query_id)
         return bool(removed)
+
+    def _announce(self, op: str, query_id: str) -> None:
+        """After the write (never inside a transaction: PUBLISH has no slot on Cluster). A worker that misses the
+        message still reloads the queries within a few seconds."""
+        try:
+            self.client.publish(self.keys.queries_changed(), json.dumps({"op": op, "id": query_id}))
+        except redis.RedisError as exc:
+            log.warning("query %s stored, but announcing it failed (workers pick it up on their next reload): %s",
+                        query_id, exc)
 
     def all(self) -> list[StandingQuery]:
         out = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import threading
@@ -19,14 +20,21 @@ from engine.settings import ServiceConfig
 from engine.worker import EngineWorker
 from stream.config import CameraSettings
 from stream.ingest import IngestService
-from stream.keys import Keys
+from stream.keys import Keys, LayoutMismatch, check_layout
 from stream.cameras import CameraRegistry
 from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
 from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
 
-DEMO_CAMERA = CameraSettings(id="demo", url="synthetic://demo?fps=10")
+DEFAULT_CAMERA_ID = "demo"
+DEMO_CAMERA = CameraSettings(id=DEFAULT_CAMERA_ID, url="synthetic://demo?fps=10")
+
+
+class ServiceError(RuntimeError):
+    """The service cannot start; the message is one line for the operator."""
+
+
 DEMO_QUERIES = [
     {"id": "red-circle", "text": "the red circle moving right", "cooldown_s": 2.0},
     {"id": "yellow-triangle", "text": "the yellow triangle moving down", "cooldown_s": 2.0},
@@ -36,17 +44,36 @@ DEMO_QUERIES = [
 
 
 def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, str]:
-    """A client for the configured Redis, or for an embedded one (password-protected, no admin commands).
-    The URL returned may carry a password: show it with `stream.urls.redact_url`."""
+    """A client for the configured Redis (or the embedded one, started in `<data_dir>/redis`), with the key
+    layout checked; raises ServiceError with one line when it cannot."""
+    server = None
     if cfg.redis.url:
-        client = connect(cfg.redis.url)
+        url = cfg.redis.url
+    else:
+        data = Path(cfg.redis.data_dir or Path(cfg.data_dir) / "redis")
         try:
-            client.ping()
-        except redis.RedisError as exc:
-            raise SystemExit(f"cannot reach Redis at {redact_url(cfg.redis.url)}: {exc}") from None
-        return client, None, cfg.redis.url
-    server = EmbeddedRedis.start(cfg.redis.data_dir, auth=True)
-    return connect(server.url), server, server.url
+            server = EmbeddedRedis.start(data, maxmemory=cfg.redis.maxmemory, auth=True)  # password + no admin commands
+        except (RuntimeError, OSError) as exc:
+            raise ServiceError(f"cannot start the embedded Redis: {exc}") from None
+        url = server.url
+    try:
+        client = connect(url, cluster=cfg.redis.cluster)
+        client.ping()
+        check_layout(client, cfg.redis.keys())
+    except redis.RedisError as exc:
+        if server is not None:
+            server.stop()
+        raise ServiceError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+    except LayoutMismatch as exc:
+        if server is not None:
+            server.stop()
+        raise ServiceError(str(exc)) from None
+    return client, server, url
+
+
+def redact(url: str) -> str:
+    """A Redis URL fit for logs: the password replaced."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
@@ -83,8 +110,8 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     return server
 
 
-def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
-                 on_event: Callable[[GroundingEvent], None] | None = None, consumer: str | None = None) -> EngineWorker:
+def load_engine_model(cfg: ServiceConfig):
+    """The model and its backend; CheckpointError names what is wrong with the model directory."""
     import torch
 
     from engine.model.checkpoint import load_model
@@ -93,10 +120,16 @@ def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: thre
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
     model = load_model(cfg.engine.model)
-    backend = build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir)
+    return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir)
+
+
+def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+                 on_event: Callable[[GroundingEvent], None] | None = None, consumer: str | None = None,
+                 loaded=None) -> EngineWorker:
+    model, backend = loaded or load_engine_model(cfg)
     grounder = WindowGrounder(model, backend, keys, cfg.engine.cache_frames)
     return EngineWorker(client, keys, grounder, cfg.engine, stop, consumer=consumer, model_name=model.config.name,
-                        on_event=on_event)
+                        on_event=on_event, frame_ttl_s=cfg.windows.frame_ttl_seconds)
 
 
 def _clock(ts: float) -> str:
@@ -109,7 +142,7 @@ def _when(ts: float) -> str:
 
 def format_event(e: GroundingEvent) -> str:
     """One readable line: the event's time (its span's end on the capture clock, UTC; not when it was printed),
-    type, camera, query, span, score, first box."""
+    type, camera, query, span, score, first box, end reason."""
     box = " first box=[" + ", ".join(f"{v:.0f}" for v in e.boxes[0].xyxy) + "]" if e.boxes else ""
     reason = f" reason={e.reason.value}" if e.reason is not None else ""
     return (f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
@@ -119,41 +152,67 @@ def format_event(e: GroundingEvent) -> str:
 
 def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
-    worker, the standing queries; events printed live until Ctrl-C."""
-    stop = threading.Event()
-    client, server, url = open_redis(cfg)
-    keys = cfg.redis.keys()
-    if server is not None:
-        echo(f"Redis: {server.display_url} (password in {server.password_file}; no admin commands)")
-        echo(f"  {server.cli_line(redis_cli_path())} HGETALL {keys.queries()}")
-        echo(f"  REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" spacevllm events tail")
-    else:
-        echo(f"Redis: {redact_url(url)}")
-    cameras = list(cfg.cameras) or [DEMO_CAMERA]
-    seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
-    ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=stop, registry=CameraRegistry(client, keys))
-    engine = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(format_event(e)))
-    echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); Ctrl-C stops")
-    # ---- the HTTP API (issue 12): a separate block, started after Redis and before the workers' loop
-    api_server = start_api(cfg, client, keys, stop, echo) if cfg.api.enabled else None
-    # ----
+    worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
+
+    Start order: the model first (a bad model fails before anything is started), then Redis, then
+    ingest and the engine. Stop order: ingest (its cameras are marked stopped), then the engine (which
+    ends their open events with `camera_stopped`), then the embedded Redis. Every exit path stops
+    what was started."""
+    loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
+    shutdown, ingest_stop, engine_stop = threading.Event(), threading.Event(), threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    ingest_thread = threading.Thread(target=ingest.run, kwargs={"install_signals": False}, name="ingest", daemon=True)
-    ingest_thread.start()
-    if max_seconds is not None:
-        threading.Timer(max_seconds, stop.set).start()
+            previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
+    server = api_server = None
+    threads: list[threading.Thread] = []
     try:
-        engine.run()
+        client, server, url = open_redis(cfg)
+        keys = cfg.redis.keys()
+        where = f" (data in {server.data_dir})" if server else ""
+        echo(f"Redis: {redact(url)}{where}")
+        if server is not None and server.password:  # the password is read from its file, never printed
+            cli = server.cli_line(redis_cli_path())
+            echo(f"  events: {cli} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'")
+            echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
+                 "spacevllm events tail")
+        else:
+            echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
+                 f"   or: spacevllm events tail --redis-url {redact(url)}")
+        cameras = list(cfg.cameras) or [DEMO_CAMERA]
+        seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
+        # cameras live in Redis (seeded from the config): the API and `spacevllm cameras` add and remove them at run time
+        ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=ingest_stop,
+                               registry=CameraRegistry(client, keys))
+        engine = build_engine(cfg, client, keys, engine_stop, on_event=lambda e: echo(format_event(e)), loaded=loaded)
+        echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); "
+             "Ctrl-C stops")
+        # ---- the HTTP API (issue 12): its own block; stopped first on the way out
+        api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
+        # ----
+        threads = [threading.Thread(target=ingest.run, kwargs={"install_signals": False}, name="ingest", daemon=True),
+                   threading.Thread(target=engine.run, name="engine", daemon=True)]
+        for t in threads:
+            t.start()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while not shutdown.wait(0.2):
+            if not threads[1].is_alive():
+                echo("the engine stopped unexpectedly; shutting down")
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
     finally:
-        stop.set()
         if api_server is not None:
             api_server.close()
-        ingest_thread.join(timeout=15)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        ingest_stop.set()
+        if threads:
+            threads[0].join(timeout=15)
+        if len(threads) > 1:  # after ingest: its cameras are stopped; the engine finishes their windows, ends their events
+            engine.finish(timeout_s=10.0)
+            threads[1].join(timeout=30)
+        engine_stop.set()
         if server is not None:
             server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         echo("stopped")

@@ -32,7 +32,10 @@ class EngineSettings(Strict):
     claim_idle_ms: int = Field(30_000, ge=100)  # entries pending longer than this are claimed from dead workers
     block_ms: int = Field(1000, ge=10)
     cache_frames: int = Field(2048, ge=16)
-    events_retention_s: float = Field(7 * 86400, gt=0)
+    max_deliveries: int = Field(3, ge=1, le=100)  # a window that fails this many times goes to the dead letters
+    retry_backoff_s: float = Field(1.0, gt=0)  # first retry of a failed window (doubles, jittered)
+    events_retention_s: float = Field(7 * 86400, gt=0)  # events (and open-event state) older than this are trimmed
+    events_maxlen: int = Field(5000, ge=10)  # and at most this many entries per shard's event stream
     heartbeat_s: float = Field(2.0, gt=0)
     threads: int = Field(0, ge=0)  # torch threads; 0: default
 

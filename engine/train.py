@@ -105,7 +105,7 @@ def load_train_state(out: Path, model: SpaceVLLM, opt: torch.optim.Optimizer) ->
 @torch.no_grad()
 def quick_eval(model: SpaceVLLM, settings: TrainSettings, n: int) -> dict[str, float]:
     """Held-out STVG samples on the sampled frames: tIoU, vIoU, no-match accuracy (fast proxy of `spacevllm eval`)."""
-    from engine.boxes import cxcywh_to_xyxy, iou_xyxy
+    from engine.boxes import cxcywh_to_xyxy
     from engine.metrics import match_summary, stvg_summary, t_iou, v_iou
 
     model.eval()

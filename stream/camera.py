@@ -17,6 +17,7 @@ from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.imagecodec import encode_image, resize
 from stream.keys import Keys
+from stream.redis_link import RedisLink, backoff_delay
 from stream.sources import SourceEnded, SourceError, open_source
 from stream.store import WindowStore
 from stream.types import Window
@@ -25,12 +26,6 @@ from stream.windowing import FrameSampler, WindowBuilder
 log = logging.getLogger(__name__)
 
 PTS_JUMP_S = 5.0  # a PTS step larger than this (or backwards) re-anchors the capture clock
-
-
-def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter in [50%, 100%] of the capped delay."""
-    capped = min(max_s, initial_s * (2 ** min(attempt, 30)))
-    return capped * (0.5 + 0.5 * rng.random())
 
 
 class CaptureClock:
@@ -79,6 +74,8 @@ class CameraWorker(threading.Thread):
         self._fps_count, self._fps_since = 0, time.monotonic()
         self._ran_ok = False  # the last connection delivered frames (resets the backoff)
         self.frame_wh: tuple[int, int] | None = None
+        self.link = RedisLink(f"camera {settings.id}")
+        self._retry_at = 0.0
 
     # ---- health ------------------------------------------------------------------------
     def _set(self, state: CameraState, **changes) -> None:
@@ -104,8 +101,10 @@ class CameraWorker(threading.Thread):
             pipe.expire(self.keys.health(self.settings.id), int(self.health_ttl_s))
             pipe.execute()
             self._last_health_write = mono
+            self.link.ok()
         except redis.RedisError as exc:
-            log.warning("camera %s: cannot write health to Redis: %s", self.settings.id, exc)
+            self._last_health_write = mono  # retried with the next write, not per frame
+            self.link.failed(exc)
 
     # ---- main loop ---------------------------------------------------------------------
     def run(self) -> None:
@@ -176,7 +175,7 @@ class CameraWorker(threading.Thread):
             lag = self.now() - ts
             if check_lag and lag > self.settings.max_lag_s:
                 self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1,
-                                                dropped_late=self.health.dropped_late + 1)
+                                                frames_dropped_late=self.health.frames_dropped_late + 1)
                 self._write_health()
                 continue
             ts_ms = int(round(ts * 1000))
@@ -187,6 +186,9 @@ class CameraWorker(threading.Thread):
     def _store(self, image, ts_ms: int, builder: WindowBuilder) -> None:
         h, w = image.shape[:2]
         self.frame_wh = (w, h)
+        if not self.link.up and time.monotonic() < self._retry_at:  # Redis is away: drop (counted), do not queue
+            self._drop_unstored(builder)
+            return
         data = encode_image(resize(image, self.windows.input_size), self.windows.image_format)
         specs = builder.add(ts_ms)
         try:
@@ -198,7 +200,16 @@ class CameraWorker(threading.Thread):
             pipe.execute()
             self.health = self.health.moved(self.health.state, frames_stored=self.health.frames_stored + 1,
                                             windows=self.health.windows + len(specs))
+            self.link.ok()
         except redis.RedisError as exc:
-            self.health = self.health.moved(self.health.state, frames_dropped=self.health.frames_dropped + 1,
-                                            dropped_store=self.health.dropped_store + 1, last_error=f"redis unavailable: {exc}")
-            log.warning("camera %s: frame %d not stored (%s)", self.settings.id, ts_ms, exc)
+            self._retry_at = time.monotonic() + self.link.failed(exc)
+            self.health = self.health.moved(self.health.state, last_error=f"redis unavailable: {exc}")
+            self._drop_unstored(builder)
+
+    def _drop_unstored(self, builder: WindowBuilder) -> None:
+        """A sampled frame that could not be stored: counted as dropped, and the window builder starts afresh,
+        so no later window references a frame that is not in Redis."""
+        self.health = self.health.moved(self.health.state, frames_dropped=self.health.frames_dropped + 1,
+                                        frames_dropped_redis=self.health.frames_dropped_redis + 1)
+        self.link.dropped += 1
+        builder.reset()

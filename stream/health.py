@@ -1,11 +1,8 @@
 """Camera health: a small state machine, written to Redis as a hash."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from enum import Enum
-
-log = logging.getLogger(__name__)
 
 
 class CameraState(str, Enum):
@@ -32,14 +29,14 @@ class CameraHealth:
     fps: float = 0.0
     last_frame_ts: float = 0.0
     frames_decoded: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = 0  # all drops: late frames (lag) and frames Redis could not take
     frames_stored: int = 0
     windows: int = 0
     reconnects: int = 0
     last_error: str = ""
     updated_at: float = 0.0
-    dropped_late: int = 0  # of frames_dropped: more than max_lag_s behind real time
-    dropped_store: int = 0  # of frames_dropped: Redis refused or was unreachable
+    frames_dropped_redis: int = 0  # of frames_dropped: not stored because Redis was unavailable
+    frames_dropped_late: int = 0  # of frames_dropped: more than max_lag_s behind real time
 
     def moved(self, state: CameraState, **changes) -> "CameraHealth":
         if state is not self.state and state not in ALLOWED[self.state]:
@@ -50,9 +47,9 @@ class CameraHealth:
         return {
             "state": self.state.value, "fps": f"{self.fps:.2f}", "last_frame_ts": f"{self.last_frame_ts:.3f}",
             "frames_decoded": str(self.frames_decoded), "frames_dropped": str(self.frames_dropped),
+            "frames_dropped_redis": str(self.frames_dropped_redis), "frames_dropped_late": str(self.frames_dropped_late),
             "frames_stored": str(self.frames_stored), "windows": str(self.windows), "reconnects": str(self.reconnects),
             "last_error": self.last_error, "updated_at": f"{self.updated_at:.3f}",
-            "dropped_late": str(self.dropped_late), "dropped_store": str(self.dropped_store),
         }
 
     @classmethod
@@ -60,24 +57,24 @@ class CameraHealth:
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
         return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
                    int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
-                   d.get("last_error", ""), float(d["updated_at"]), int(d.get("dropped_late", 0)), int(d.get("dropped_store", 0)))
+                   d.get("last_error", ""), float(d["updated_at"]), int(d.get("frames_dropped_redis", 0)),
+                   int(d.get("frames_dropped_late", 0)))
 
     def to_json(self) -> dict:
-        """The health as the API shows it (numbers as numbers)."""
+        """The health as the API shows it (numbers as numbers; drops by reason)."""
         return {"state": self.state.value, "fps": round(self.fps, 2), "last_frame_ts": self.last_frame_ts,
                 "frames_decoded": self.frames_decoded, "frames_dropped": self.frames_dropped,
-                "dropped": {"late": self.dropped_late, "store_failed": self.dropped_store},
+                "dropped": {"late": self.frames_dropped_late, "redis": self.frames_dropped_redis},
                 "frames_stored": self.frames_stored, "windows": self.windows, "reconnects": self.reconnects,
                 "last_error": self.last_error, "updated_at": self.updated_at}
 
 
 def read_health(client, keys, camera_id: str) -> CameraHealth | None:
-    """A camera's last written health (None when ingest never wrote it or it expired)."""
+    """A camera's health as the ingest last wrote it; None when it has expired (or never existed)."""
     raw = client.hgetall(keys.health(camera_id))
     if not raw:
         return None
     try:
         return CameraHealth.from_dict(camera_id, raw)
     except (KeyError, ValueError) as exc:
-        log.error("camera %s: unreadable health hash: %s", camera_id, exc)
-        return None
+        raise ValueError(f"camera {camera_id}: malformed health record: {exc}") from exc

@@ -23,6 +23,7 @@ from stream.camera import CameraWorker
 from stream.cameras import CameraRegistry
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
+from stream.redis_link import RedisLink
 from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class IngestService:
         self.settings = settings or IngestSettings()
         self.stop_event = stop or threading.Event()
         self.worker_id = f"{socket.gethostname()}-{threading.get_native_id()}"
+        self.link = RedisLink("ingest heartbeat")
         self.registry = registry
         self.reload_s = reload_s
         self._seed = list(cameras)
@@ -114,8 +116,9 @@ class IngestService:
             alive = sum(w.is_alive() for w in self.workers)
             self.client.set(self.keys.heartbeat("ingest", self.worker_id), f"{time.time():.3f} cameras={alive}",
                             ex=int(self.settings.heartbeat_s * 3) + 1)
+            self.link.ok()
         except redis.RedisError as exc:
-            log.warning("ingest heartbeat failed: %s", exc)
+            self.link.failed(exc)
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> None:
         """Run until SIGTERM/SIGINT (or `max_seconds`, or, without a registry, every camera ends), then stop cleanly."""

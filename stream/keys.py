@@ -6,7 +6,8 @@ The Cluster rule: every transaction and multi-key command touches keys of one ha
   reads a window's frames with one MGET.
 - Work is split into a fixed number of **shards** (`redis.shards`, default 8). A camera belongs to
   shard `crc32(camera_id) % shards`. Everything the engine's commit touches for that camera carries
-  the shard's tag, `{s<k>}`: the shard's window stream (one consumer group per shard), the event
+  the shard's tag, `{s<k>}` or `{s<k>.<n>}` (the suffix puts shard k in the k-th of `shards` equal
+  slot ranges, so a Cluster's nodes get equal shares): the shard's window stream (one consumer group per shard), the event
   lifecycle state of each (camera, query), the window `done` markers, the set of open events, the
   shard's event stream and its dead letters. So one window's commit (state + events + done marker +
   XACK) is one MULTI in one slot, and shards spread over the Cluster's nodes.
@@ -25,11 +26,27 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 DEFAULT_PREFIX = "svl:"
 DEFAULT_SHARDS = 8
 LAYOUT_VERSION = 2
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@lru_cache(maxsize=4096)
+def shard_tag(shard: int, shards: int) -> str:
+    """The hash tag of one shard: `s<k>` with the smallest suffix that puts it in the k-th of `shards` equal slot
+    ranges, so shards spread evenly over a Cluster whose nodes hold contiguous, even slot ranges."""
+    lo = shard * REDIS_CLUSTER_HASH_SLOTS // shards
+    hi = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    for n in range(1_000_000):
+        tag = f"s{shard}" if n == 0 else f"s{shard}.{n}"
+        if lo <= key_slot(tag.encode()) < hi:
+            return tag
+    raise AssertionError("unreachable: CRC16 covers every slot range")
 
 
 def check_id(value: str, what: str) -> str:
@@ -58,7 +75,7 @@ class Keys:
     def _shard(self, shard: int) -> str:
         if not 0 <= shard < self.shards:
             raise ValueError(f"shard {shard} outside [0, {self.shards})")
-        return f"{self.prefix}{{s{shard}}}"
+        return f"{self.prefix}{{{shard_tag(shard, self.shards)}}}"
 
     # ---- a camera's own slot (ingest) ----------------------------------------------------
     def frame(self, camera_id: str, ts_ms: int) -> str:

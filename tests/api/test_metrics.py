@@ -35,8 +35,8 @@ def sample_names() -> set[str]:
 
 def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_client):
     # given a camera's health, engine counters, webhook counters and a consumer group with lag and pending windows
-    h = CameraHealth("cam1").moved(CameraState.RUNNING, fps=9.5, frames_decoded=120, frames_dropped=7, dropped_late=5,
-                                   dropped_store=2, reconnects=3, windows=11)
+    h = CameraHealth("cam1").moved(CameraState.RUNNING, fps=9.5, frames_decoded=120, frames_dropped=7, frames_dropped_late=5,
+                                   frames_dropped_redis=2, reconnects=3, windows=11)
     redis_client.sadd(KEYS.cameras(), "cam1")
     redis_client.hset(KEYS.health("cam1"), mapping=h.to_dict())
     tel = EngineTelemetry(redis_client, KEYS)
@@ -61,7 +61,7 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     cam = (("camera", "cam1"),)
     assert got[("svl_frames_decoded_total", cam)] == 120
     assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "late")))] == 5
-    assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "store_failed")))] == 2
+    assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "redis")))] == 2
     assert got[("svl_camera_fps", cam)] == 9.5
     assert got[("svl_camera_state", (("camera", "cam1"), ("state", "running")))] == 1
     assert got[("svl_camera_state", (("camera", "cam1"), ("state", "failed")))] == 0

@@ -1,75 +1,34 @@
 """The engine worker with real Redis and real model code: idempotency, crash, restart, end to end."""
 from __future__ import annotations
 
-import json
+from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
+
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 
 from engine.events import GroundingEvent
-from engine.grounder import WindowGrounder
-from engine.model.checkpoint import load_model, save_model
-from engine.queries import QueryRegistry, validate_query
-from engine.runtime import TorchBackend
-from engine.settings import DEFAULT_MODEL_DIR, EngineSettings
-from engine.worker import EngineWorker
-from stream.config import CameraSettings, WindowSettings
-from stream.ingest import IngestService
+from engine.settings import DEFAULT_MODEL_DIR
+from stream.config import WindowSettings
 from stream.keys import Keys
-
-CAMERA_URL = "synthetic://random?seed=1&fps=10&realtime=0&seconds=20&epoch=1000&w=160&h=120"
-WINDOWS = WindowSettings(sample_fps=2, window_seconds=4, stride_seconds=1, input_size=32, frame_ttl_seconds=600)
-
-
-@pytest.fixture
-def tiny_model_dir(tiny_model, tmp_path):
-    return save_model(tiny_model, tmp_path / "tiny")
-
-
-def ingest(client, keys: Keys, url: str = CAMERA_URL, windows: WindowSettings = WINDOWS, cam: str = "cam1") -> None:
-    IngestService(client, keys, [CameraSettings(id=cam, url=url)], windows).run(install_signals=False)
-
-
-def add_queries(client, keys: Keys, specs) -> None:
-    reg = QueryRegistry(client, keys)
-    for s in specs:
-        reg.add(validate_query(s))
-
-
-def worker(client, keys: Keys, model_dir, **settings) -> EngineWorker:
-    model = load_model(model_dir)
-    grounder = WindowGrounder(model, TorchBackend(model), keys)
-    return EngineWorker(client, keys, grounder, EngineSettings(model=str(model_dir), block_ms=100, **settings),
-                        consumer=f"w-{time.monotonic_ns()}")
-
-
-def events_of(client, keys: Keys) -> list[dict]:
-    return [json.loads(f[b"event"]) for _, f in client.xrange(keys.events())]
-
-
-ALWAYS = [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 1.0},
-          {"id": "q-blue", "text": "the blue square moving left", "threshold": 0.0, "cooldown_s": 1.0}]
-
 
 def test_the_same_window_processed_twice_yields_no_duplicate(redis_client, tiny_model_dir):
     keys = Keys("dup:")
     ingest(redis_client, keys)
     add_queries(redis_client, keys, ALWAYS)
     w = worker(redis_client, keys, tiny_model_dir)
-    w.ensure_group()
-    w._refresh_queries(force=True)
-    entry_id, fields = redis_client.xrange(keys.windows(), count=1)[0]
-    first = w.process(entry_id, fields)
+    w.setup()
+    w.watcher.refresh()
+    delivery = w.source.next()[0]
+    first = w.handle(delivery)
     assert first and {e.type.value for e in first} == {"new"}
-    again = w.process(entry_id, fields)  # a worker died before XACK: the window comes back
+    again = w.handle(delivery)  # the same window delivered again (claimed from a slow worker)
     assert again == [] and len(events_of(redis_client, keys)) == len(first)
 
 
@@ -110,17 +69,12 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
         deadline = time.monotonic() + 120
         held = False
 
-        def pending() -> int:
-            try:
-                return redis_client.xpending(keys.windows(), "engines")["pending"]
-            except redis.ResponseError:  # the group does not exist yet
-                return 0
-
+        done_pattern = keys.window_done("cam1", "*")
         while time.monotonic() < deadline and not held:
-            done = len(list(redis_client.scan_iter(match="crash:{cam1}:done:*")))
-            if pending() == 1 and done >= 3:
+            done = len(list(redis_client.scan_iter(match=done_pattern)))
+            if pending(redis_client, keys) == 1 and done >= 3:
                 os.kill(proc.pid, signal.SIGSTOP)  # freeze it, then make sure it still holds the window
-                held = pending() == 1
+                held = pending(redis_client, keys) == 1
                 if not held:
                     os.kill(proc.pid, signal.SIGCONT)
             if not held:
@@ -132,11 +86,11 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert redis_client.xpending(keys.windows(), "engines")["pending"] >= 1
+    assert pending(redis_client, keys) >= 1
     time.sleep(0.3)
     # then a second worker claims the window and finishes the stream
     worker(redis_client, keys, tiny_model_dir, claim_idle_ms=200).run(idle_exit_s=1.0)
-    assert redis_client.xpending(keys.windows(), "engines")["pending"] == 0
+    assert pending(redis_client, keys) == 0
     # and the events equal those of an uninterrupted run: no loss, no duplicate
     got = events_of(redis_client, keys)
     assert len({e["event_id"] + e["type"] + str(e["end_ts"]) for e in got}) == len(got)

@@ -5,7 +5,6 @@ import socket
 import threading
 import time
 
-import pytest
 
 from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
@@ -32,7 +31,7 @@ def _wait(predicate, timeout_s: float, step: float = 0.1):
 
 
 def _windows(client) -> list[Window]:
-    return [Window.from_fields(f) for _, f in client.xrange(KEYS.windows())]
+    return [Window.from_fields(f) for s in KEYS.all_shards() for _, f in client.xrange(KEYS.windows(s))]
 
 
 def _start(client, cameras, windows):
@@ -166,7 +165,7 @@ def test_memory_stays_bounded_with_a_short_ttl(redis_client):
     IngestService(redis_client, KEYS, [cam], windows).run(install_signals=False)
     # then the stream was trimmed (approximate MAXLEN trims whole nodes of <= 100 entries)
     assert _health(redis_client, "fast").windows > 500
-    assert redis_client.xlen(KEYS.windows()) <= 110
+    assert redis_client.xlen(KEYS.windows_for("fast")) <= 110
     # and after the TTL no frame is left behind
     time.sleep(1.5)
     assert list(redis_client.scan_iter(KEYS.frame_pattern("fast"))) == []

@@ -4,9 +4,10 @@ import random
 
 import pytest
 
-from stream.camera import CaptureClock, backoff_delay
+from stream.camera import CaptureClock
+from stream.redis_link import backoff_delay
 from stream.health import CameraHealth, CameraState
-from stream.keys import Keys, check_id
+from stream.keys import shard_tag, Keys, check_id
 from stream.types import Window
 from stream.windowing import FrameSampler, WindowBuilder
 
@@ -86,4 +87,5 @@ def test_ids_are_checked_before_becoming_key_parts(value):
 def test_keys_use_camera_hash_tags():
     k = Keys("p:")
     assert k.frame("c1", 5) == "p:{c1}:frame:5" and k.health("c1") == "p:{c1}:health"
-    assert k.event_state("c1", "q") == "p:{c1}:event:q"
+    tag = shard_tag(k.shard_of("c1"), k.shards)
+    assert k.event_state("c1", "q") == f"p:{{{tag}}}:event:c1:q" and k.windows_for("c1") == f"p:{{{tag}}}:windows"
