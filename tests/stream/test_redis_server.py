@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from stream.redis_server import EmbeddedRedis, connect
 
@@ -28,12 +30,13 @@ def test_start_when_auth_then_password_file_is_private_and_not_on_the_command_li
 
 
 def test_connect_when_no_or_wrong_password_then_refused(secured):
+    once = {"port": secured.port, "retry": Retry(NoBackoff(), 0)}  # AuthenticationError is a ConnectionError: no retries
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=secured.port).ping()
+        redis.Redis(**once).ping()
     with pytest.raises((redis.AuthenticationError, redis.ResponseError)):
-        redis.Redis(port=secured.port, username="svl", password="wrong").ping()
+        redis.Redis(username="svl", password="wrong", **once).ping()
     with pytest.raises((redis.AuthenticationError, redis.ResponseError)):
-        redis.Redis(port=secured.port, username="default", password="").ping()
+        redis.Redis(username="default", password="", **once).ping()
 
 
 def test_service_user_when_doing_its_work_then_allowed(secured):
