@@ -51,7 +51,7 @@ def encodes_per_frame(client, model) -> tuple[int, int, int]:
     add_queries(client, keys, 4)
     grounder = WindowGrounder(model, TorchBackend(model), keys)
     EngineWorker(client, keys, grounder, EngineSettings(block_ms=100)).run(idle_exit_s=1.0)
-    unique = {ts for _, f in client.xrange(keys.windows()) for ts in Window.from_fields(f).frames_ms}
+    unique = {ts for s in keys.all_shards() for _, f in client.xrange(keys.windows(s)) for ts in Window.from_fields(f).frames_ms}
     return grounder.stats.frames_encoded, len(unique), grounder.stats.windows
 
 
@@ -59,7 +59,7 @@ def per_window(client, model, repeats: int) -> list[tuple[int, float, float]]:
     keys = Keys("pw:")
     IngestService(client, keys, [CameraSettings(id="c", url="synthetic://demo?fps=10&realtime=0&seconds=9&epoch=1000")],
                   WINDOWS).run(install_signals=False)
-    _, fields = client.xrange(keys.windows(), count=1)[0]
+    _, fields = client.xrange(keys.windows_for("c"), count=1)[0]
     window = Window.from_fields(fields)
     frames = client.mget([keys.frame("c", t) for t in window.frames_ms])
     from engine.queries import StandingQuery

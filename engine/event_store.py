@@ -105,7 +105,8 @@ class EventStore:
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(*watched)
+                    if watched:
+                        pipe.watch(*watched)
                     if done_key and pipe.exists(done_key):  # another worker finished it: only acknowledge
                         pipe.unwatch()
                         if entry_id:
@@ -141,12 +142,15 @@ class EventStore:
         if not events:
             return
         stream = self.keys.events(shard)
-        minid = f"{int((self.now() - self.settings.events_retention_s) * 1000)}-0"
+        now_ms = int(self.now() * 1000)
+        minid = f"{now_ms - int(self.settings.events_retention_s * 1000)}-0"
         for e in events:
             payload = e.to_json()
-            pipe.xadd(stream, {"event": payload, "camera": e.camera_id, "query": e.query_id, "type": e.type.value},
+            pipe.xadd(stream, {"event": payload, "camera": e.camera_id, "query": e.query_id, "type": e.type.value,
+                              "event_id": e.event_id},
                       minid=minid, approximate=True)
-            pipe.set(self.keys.event_record(shard, e.event_id), payload, ex=self.state_ttl_s)
+            # where the event's latest version sits in the stream (by time: ids are only known after EXEC); ~100 bytes
+            pipe.set(self.keys.event_record(shard, e.event_id), str(now_ms), ex=self.state_ttl_s)
         pipe.xtrim(stream, maxlen=self.settings.events_maxlen, approximate=True)
 
     def _push(self, events: list[GroundingEvent]) -> None:

@@ -240,10 +240,19 @@ class EventFeed:
                 out.append(FeedEntry(shard, entry_id, cursor.encode(), event))
         return out, (None if exhausted else cursor)
 
-    def event(self, event_id: str) -> GroundingEvent | None:
-        """The latest version of one event (its last new/update/end), kept as long as events are retained."""
+    def event(self, event_id: str, skew_ms: int = 60_000) -> GroundingEvent | None:
+        """The latest version of one event (its last new/update/end), while the feed still holds it.
+
+        The event store keeps, per event id, the time its latest version was written; the entry is found in the
+        shard's stream within `skew_ms` of it (the writer's clock and Redis's may differ a little)."""
         for s in self.keys.all_shards():
             raw = self.client.get(self.keys.event_record(s, event_id))
-            if raw:
-                return parse_event({"event": raw})
+            if raw is None:
+                continue
+            at = int(_sid(raw))
+            latest = None
+            for _, fields in self.client.xrange(self.keys.events(s), f"{max(0, at - skew_ms)}-0", f"{at + skew_ms}-{MAX_SEQ}"):
+                if _sid(fields.get(b"event_id") or fields.get("event_id") or "") == event_id:
+                    latest = fields
+            return parse_event(latest) if latest is not None else None
         return None

@@ -92,7 +92,7 @@ def calibration_frames_from_video(path: str | Path, size: int, count: int = 256)
         yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
 
 
-def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int = 256) -> Iterator[np.ndarray]:
+def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int = 256, shards: int = 8) -> Iterator[np.ndarray]:
     """Real frames referenced by the newest windows in Redis."""
     import redis
 
@@ -100,9 +100,10 @@ def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int =
     from stream.keys import Keys
     from stream.types import Window
 
-    client, keys = redis.Redis.from_url(url), Keys(prefix)
+    client, keys = redis.Redis.from_url(url), Keys(prefix, shards)
     seen, batch = 0, []
-    for _, fields in client.xrevrange(keys.windows(), count=64):
+    newest = [f for s in keys.all_shards() for _, f in client.xrevrange(keys.windows(s), count=64 // shards + 1)]
+    for fields in newest:
         w = Window.from_fields(fields)
         for data in client.mget([keys.frame(w.camera_id, t) for t in w.frames_ms]):
             if data is None or seen >= count:

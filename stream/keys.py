@@ -107,7 +107,7 @@ class Keys:
         return self.events(self.shard_of(camera_id))
 
     def event_record(self, shard: int, event_id: str) -> str:
-        """The latest version of one event (JSON), for lookups by id; expires with the event retention."""
+        """When one event's latest version was written (Unix ms), for lookups by id; expires with the event retention."""
         return f"{self._shard(shard)}:evt:{event_id}"
 
     def event_state(self, camera_id: str, query_id: str) -> str:

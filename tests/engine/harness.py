@@ -5,6 +5,8 @@ import time
 
 import redis
 
+from engine.event_store import EventStore
+from engine.events import Box, EventType, GroundingEvent
 from engine.feed import Cursor, EventFeed
 from engine.grounder import WindowGrounder
 from engine.model.checkpoint import load_model
@@ -55,3 +57,14 @@ def pending(client, keys: Keys) -> int:
 
 ALWAYS = [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 1.0},
           {"id": "q-blue", "text": "the blue square moving left", "threshold": 0.0, "cooldown_s": 1.0}]
+
+
+def event(cam: str, n: int, kind: EventType = EventType.NEW, eid: str | None = None) -> GroundingEvent:
+    return GroundingEvent(kind, eid or f"{cam}-{n}", "q1" if n % 2 else "q2", cam, "the red circle", 0.9, 1000.0 + n,
+                          1004.0 + n, (Box(1000.0 + n, (1, 2, 3, 4)),), (320, 240), f"{cam}:{n}", "test")
+
+
+def write(store: EventStore, events: list[GroundingEvent]) -> None:
+    for e in events:  # one transaction each, in the camera's shard: what the engine does
+        store._transition(e.camera_id, [], lambda states, e=e: ([], [e]))
+        time.sleep(0.002)  # the feed orders shards by stream-id time (ms): entries 1 ms apart have one order

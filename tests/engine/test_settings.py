@@ -37,3 +37,34 @@ def test_the_shipped_service_config_is_valid():
 
     cfg = load_service_config(Path(__file__).resolve().parents[2] / "configs" / "service.yaml")
     assert [c.id for c in cfg.cameras] == ["demo"] and len(cfg.queries) == 4
+
+
+@pytest.mark.parametrize("env,expected", [("1", True), ("0", False), ("", False)])
+def test_redis_cluster_is_a_setting_the_environment_may_override(tmp_path, monkeypatch, env, expected):
+    p = tmp_path / "s.yaml"
+    p.write_text("redis:\n  url: redis://10.0.0.1:7000/0\n  cluster: false\n  shards: 16\n")
+    monkeypatch.setenv("REDIS_CLUSTER", env)
+    cfg = load_service_config(p)
+    assert cfg.redis.cluster is expected and cfg.redis.keys().shards == 16
+
+
+def test_redis_cluster_values_are_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDIS_CLUSTER", "yes")
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER must be 1 or 0"):
+        load_service_config(None)
+    monkeypatch.setenv("REDIS_CLUSTER", "1")
+    with pytest.raises(ConfigError, match="redis.cluster needs redis.url"):
+        load_service_config(None)  # the embedded Redis is standalone
+    p = tmp_path / "s.yaml"
+    p.write_text("redis:\n  shards: 0\n")
+    monkeypatch.delenv("REDIS_CLUSTER")
+    with pytest.raises(ConfigError, match="redis.shards"):
+        load_service_config(p)
+
+
+def test_the_data_dir_defaults_to_svl_data_dir_then_the_user_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SVL_DATA_DIR", str(tmp_path / "state"))
+    assert load_service_config(None).data_dir == str(tmp_path / "state")
+    monkeypatch.delenv("SVL_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_service_config(None).data_dir == str(tmp_path / "xdg" / "spacevllm")
