@@ -12,13 +12,13 @@ def make_event(n: int, camera: str = "cam1", query: str = "q1", type_: str = "ne
                           (Box(ts, (1.0, 2.0, 3.0, 4.0)),), (320, 240), f"{camera}:{n}", "test")
 
 
-def write_event(client, keys, e: GroundingEvent) -> str:
-    """XADD to the camera's shard stream and SET the event record, the fields the engine's event store writes."""
+def write_event(client, keys, e: GroundingEvent) -> None:
+    """XADD to the camera's shard stream and SET the event record (the write time), as the engine's event store
+    (engine/event_store.py `_append`) writes them. `client` may be a pipeline."""
     shard = keys.shard_of(e.camera_id)
-    entry = client.xadd(keys.events(shard), {"event": e.to_json(), "camera": e.camera_id, "query": e.query_id,
-                                             "type": e.type.value})
-    client.set(keys.event_record(shard, e.event_id), e.to_json())
-    return entry.decode() if isinstance(entry, bytes) else entry
+    client.xadd(keys.events(shard), {"event": e.to_json(), "camera": e.camera_id, "query": e.query_id,
+                                     "type": e.type.value, "event_id": e.event_id})
+    client.set(keys.event_record(shard, e.event_id), str(int(time.time() * 1000)))
 
 
 class SseReader:
