@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import signal
 import threading
 import time
@@ -20,7 +21,9 @@ from engine.worker import EngineWorker
 from stream.config import CameraSettings
 from stream.ingest import IngestService
 from stream.keys import Keys, LayoutMismatch, check_layout
-from stream.redis_server import EmbeddedRedis, connect
+from stream.cameras import CameraRegistry
+from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
+from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
     else:
         data = Path(cfg.redis.data_dir or Path(cfg.data_dir) / "redis")
         try:
-            server = EmbeddedRedis.start(data, maxmemory=cfg.redis.maxmemory)
+            server = EmbeddedRedis.start(data, maxmemory=cfg.redis.maxmemory, auth=True)  # password + no admin commands
         except (RuntimeError, OSError) as exc:
             raise ServiceError(f"cannot start the embedded Redis: {exc}") from None
         url = server.url
@@ -71,6 +74,40 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
 def redact(url: str) -> str:
     """A Redis URL fit for logs: the password replaced."""
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
+    """Register the config's `queries:` (a config query replaces a stored one with its id: the file is the record)."""
+    registry = QueryRegistry(client, keys)
+    for spec in specs:
+        q = registry.add(validate_query(spec))
+        if echo is not None:
+            echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
+                 f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
+
+
+def redis_cli_path() -> str:
+    return shutil.which("redis-cli") or str(Path(redis_server_binary()).with_name("redis-cli"))
+
+
+def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+              echo: Callable[[str], None]):
+    """`up`'s API: on api.host:api.port with an admin token (SVL_API_TOKEN, or one kept in the data dir); prints
+    the URL and a curl line that works. A port in use is reported in one line and `up` goes on without the API."""
+    from api.auth import Identity, Scope, TokenStore, digest
+    from api.server import ApiServer, ExposureError, demo_admin_token, tokens_path
+
+    token, shell_token = demo_admin_token(cfg.data_dir)
+    stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
+    tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
+    try:
+        server = ApiServer(client, keys, cfg.api, tokens, stop).start()
+    except ExposureError as exc:
+        echo(f"API not started: {exc}")
+        return None
+    echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    echo(f"  curl -H \"Authorization: Bearer {shell_token}\" '{server.url}/v1/events?limit=5'")
+    return server
 
 
 def load_engine_model(cfg: ServiceConfig):
@@ -99,12 +136,18 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-5]
 
 
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-5]
+
+
 def format_event(e: GroundingEvent) -> str:
-    """One readable line: time, camera, query, span, score, first box."""
+    """One readable line: the event's time (its span's end on the capture clock, UTC; not when it was printed),
+    type, camera, query, span, score, first box, end reason."""
     box = " first box=[" + ", ".join(f"{v:.0f}" for v in e.boxes[0].xyxy) + "]" if e.boxes else ""
-    return (f"{_clock(time.time())} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
+    reason = f" reason={e.reason.value}" if e.reason is not None else ""
+    return (f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
             f"\"{e.query_text}\" span={_clock(e.start_ts)}-{_clock(e.end_ts)} ({e.end_ts - e.start_ts:.1f} s) "
-            f"score={e.score:.2f}{box}")
+            f"score={e.score:.2f}{box}{reason}")
 
 
 def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
@@ -121,25 +164,32 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
-    server = None
+    server = api_server = None
     threads: list[threading.Thread] = []
     try:
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
         where = f" (data in {server.data_dir})" if server else ""
         echo(f"Redis: {redact(url)}{where}")
-        echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
-             f"   or: spacevllm events tail --redis-url {redact(url)}")
+        if server is not None and server.password:  # the password is read from its file, never printed
+            cli = server.cli_line(redis_cli_path())
+            echo(f"  events: {cli} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'")
+            echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
+                 "spacevllm events tail")
+        else:
+            echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
+                 f"   or: spacevllm events tail --redis-url {redact(url)}")
         cameras = list(cfg.cameras) or [DEMO_CAMERA]
-        registry = QueryRegistry(client, keys)
-        for spec in (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES:
-            q = registry.add(validate_query(spec))
-            echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
-                 f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
-        ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=ingest_stop)
+        seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
+        # cameras live in Redis (seeded from the config): the API and `spacevllm cameras` add and remove them at run time
+        ingest = IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=ingest_stop,
+                               registry=CameraRegistry(client, keys))
         engine = build_engine(cfg, client, keys, engine_stop, on_event=lambda e: echo(format_event(e)), loaded=loaded)
-        echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); "
+        echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} ({cfg.engine.backend}); "
              "Ctrl-C stops")
+        # ---- the HTTP API (issue 12): its own block; stopped first on the way out
+        api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
+        # ----
         threads = [threading.Thread(target=ingest.run, kwargs={"install_signals": False}, name="ingest", daemon=True),
                    threading.Thread(target=engine.run, name="engine", daemon=True)]
         for t in threads:
@@ -152,6 +202,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
+        if api_server is not None:
+            api_server.close()
         ingest_stop.set()
         if threads:
             threads[0].join(timeout=15)
