@@ -28,6 +28,7 @@ from engine.events import GroundingEvent
 from engine.grounder import MissingFrames, WindowGrounder
 from engine.query_watcher import QueryWatcher
 from engine.settings import EngineSettings
+from engine.telemetry import EngineTelemetry
 from engine.window_source import Delivery, WindowSource
 from stream.keys import Keys
 from stream.redis_link import RedisLink
@@ -65,6 +66,7 @@ class EngineWorker:
                                    settings.max_deliveries, settings.retry_backoff_s)
         self.store = EventStore(client, keys, settings, model_name)
         self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained)
+        self.telemetry = EngineTelemetry(client, keys)
         self.link = RedisLink(f"engine {self.consumer}")
         self.stats = WorkerStats()
         self._ready = False
@@ -87,13 +89,13 @@ class EngineWorker:
                 try:
                     self.setup()
                     self.heartbeat()
-                    self.publish(self.watcher.refresh())
+                    self.publish(self.watcher.refresh(), counted=False)
                     deliveries = self.source.next(block=self._finish_by is None)
                     for d in deliveries:
                         self.handle(d)
                         last_work = time.monotonic()
                     if not deliveries:  # idle: windows read so far are done, so a stopped camera's events can end
-                        self.publish(self.watcher.idle_check())
+                        self.publish(self.watcher.idle_check(), counted=False)
                     self.link.ok()
                 except redis.RedisError as exc:
                     self._ready = False
@@ -119,7 +121,7 @@ class EngineWorker:
         """End the events of cameras that have stopped (an `up` stops its cameras first), then leave."""
         try:
             if self._ready:
-                self.publish(self.watcher.reconcile(cameras=True))
+                self.publish(self.watcher.reconcile(cameras=True), counted=False)
             self.watcher.close()
             self._ready = False
             self.client.delete(self.keys.heartbeat("engine", self.consumer))
@@ -134,8 +136,12 @@ class EngineWorker:
         self.client.set(self.keys.heartbeat("engine", self.consumer), json.dumps(beat),
                         ex=int(self.settings.heartbeat_s * 3) + 1)
 
-    def publish(self, events: list[GroundingEvent]) -> None:
+    def publish(self, events: list[GroundingEvent], counted: bool = True) -> None:
+        """Hand written events to the caller's hook; `counted=False`: events written outside a window (ends for a
+        removed query or a stopped camera), which telemetry counts here."""
         self.stats.events += len(events)
+        if events and not counted:
+            self.telemetry.events_published(events)
         for e in events:
             self.on_event(e)
 
@@ -145,12 +151,10 @@ class EngineWorker:
         try:
             window = Window.from_fields(d.fields)
         except ValueError as exc:  # malformed entry: retrying cannot help
-            self.stats.dead_lettered += 1
-            self.source.dead_letter(d, f"malformed window entry: {exc}")
+            self._dead(d, "unknown", f"malformed window entry: {exc}")
             return []
         if d.deliveries > self.settings.max_deliveries:  # a window that took its workers down with it
-            self.stats.dead_lettered += 1
-            self.source.dead_letter(d, f"delivered {d.deliveries} times without finishing (a worker died on it each time)")
+            self._dead(d, window.camera_id, f"delivered {d.deliveries} times without finishing (a worker died on it each time)")
             return []
         try:
             events = self.process(window, d.entry_id)
@@ -163,15 +167,22 @@ class EngineWorker:
                       d.entry_id, d.deliveries, self.settings.max_deliveries, error, exc_info=log.isEnabledFor(logging.DEBUG))
             if self.source.fail(d, error):
                 self.stats.dead_lettered += 1
+                self.telemetry.window_dead(window.camera_id)
             return []
         self.publish(events)
         return events
+
+    def _dead(self, d: Delivery, camera_id: str, error: str) -> None:
+        self.source.dead_letter(d, error)
+        self.stats.dead_lettered += 1
+        self.telemetry.window_dead(camera_id)
 
     def process(self, window: Window, entry_id: str) -> list[GroundingEvent]:
         if self.store.is_done(window):
             log.info("window %s already done (re-delivered); acknowledging", window.window_id)
             self.store.ack_only(self.keys.shard_of(window.camera_id), entry_id)
             return []
+        started = time.monotonic()
         queries = self.watcher.for_camera(window.camera_id)
         try:
             frames = self.frames.load_frames(window) if queries else []
@@ -184,6 +195,8 @@ class EngineWorker:
             return []
         events = self.store.commit(window, entry_id, queries, observations)
         self.stats.processed += 1
+        self.telemetry.window_processed(window.camera_id, time.monotonic() - started, events,
+                                        window_end_ts=window.end_ms / 1000.0)
         return events
 
     def _missing_reason(self, window: Window, exc: MissingFrames, now: float | None = None) -> str:

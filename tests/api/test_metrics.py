@@ -97,3 +97,23 @@ def test_deploy_files_when_read_then_use_only_exported_names():
     assert used and used <= sample_names(), used - sample_names()
     # every exported metric is on the dashboard
     assert [n for n in METRICS if n not in dashboard] == []
+
+
+def test_metrics_when_an_engine_worker_has_run_then_its_counters_moved(api, redis_client, tiny_model_dir):
+    from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, worker
+
+    # given a camera's windows worked off by a real engine worker (its query always matches)
+    ingest(redis_client, KEYS)
+    add_queries(redis_client, KEYS, ALWAYS)
+    w = worker(redis_client, KEYS, tiny_model_dir)
+    w.run(idle_exit_s=1.0)
+    events = events_of(redis_client, KEYS)
+    # when /metrics is scraped
+    with api.client("read") as http:
+        got = samples(http.get("/metrics").text)
+    # then the engine's windows, events and latencies are counted, per camera and type
+    assert got[("svl_windows_processed_total", (("camera", "cam1"),))] == w.stats.processed > 0
+    for kind in ("new", "update", "end"):
+        assert got.get(("svl_events_total", (("type", kind),)), 0) == sum(e["type"] == kind for e in events)
+    assert got[("svl_engine_window_duration_seconds_count", ())] == w.stats.processed
+    assert got[("svl_capture_to_event_latency_seconds_count", ())] > 0
