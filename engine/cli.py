@@ -188,23 +188,40 @@ def up(config_path, max_seconds) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+health_port_option = click.option("--health-port", type=int, default=None, envvar="SVL_HEALTH_PORT",
+                                  help="Serve GET /healthz on this port (container healthchecks; or SVL_HEALTH_PORT).")
+
+
+def _serve_healthz(port, alive) -> None:
+    if port is not None:
+        from api.probe import serve_healthz
+
+        serve_healthz("0.0.0.0", port, alive)
+
+
 @main.command()
 @config_option
-def ingest(config_path) -> None:
-    """Ingest the configured cameras into Redis windows (until SIGTERM/SIGINT)."""
-    from engine.service import ServiceError, open_redis, redact
+@health_port_option
+def ingest(config_path, health_port) -> None:
+    """Ingest cameras into Redis windows (until SIGTERM/SIGINT). The config's cameras seed the camera registry in
+    Redis; cameras added or removed there (API, `spacevllm cameras`) are picked up while running."""
+    from engine.service import ServiceError, open_redis, redact, seed_queries
+    from stream.cameras import CameraRegistry
     from stream.ingest import IngestService
 
     cfg = _service_config(config_path)
-    if not cfg.cameras:
-        raise click.ClickException("no cameras in the config")
     try:
         client, server, url = open_redis(cfg)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Redis: {redact(url)}")
+    keys = cfg.redis.keys()
     try:
-        IngestService(client, cfg.redis.keys(), list(cfg.cameras), cfg.windows, cfg.ingest).run()
+        seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
+        svc = IngestService(client, keys, list(cfg.cameras), cfg.windows, cfg.ingest, registry=CameraRegistry(client, keys))
+        _serve_healthz(health_port, lambda: not svc.stop_event.is_set()
+                       and bool(client.exists(keys.heartbeat("ingest", svc.worker_id))))
+        svc.run()
     finally:
         if server is not None:
             server.stop()
@@ -215,13 +232,14 @@ def ingest(config_path) -> None:
 @click.option("--max-windows", type=int, default=None, help="Exit after this many windows (tests).")
 @click.option("--exit-when-idle", type=float, default=None, help="Exit after this many seconds without a window (tests, benches).")
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host + random).")
-def engine(config_path, max_windows, exit_when_idle, consumer) -> None:
-    """An engine worker: windows from Redis -> grounding events."""
+@health_port_option
+def engine(config_path, max_windows, exit_when_idle, consumer, health_port) -> None:
+    """An engine worker: windows from Redis -> grounding events. Registers the config's queries."""
     import signal
     import threading
 
     from engine.model.checkpoint import CheckpointError
-    from engine.service import ServiceError, build_engine, format_event, load_engine_model, open_redis
+    from engine.service import ServiceError, build_engine, format_event, load_engine_model, open_redis, seed_queries
 
     cfg = _service_config(config_path)
     if not cfg.redis.url:
@@ -236,9 +254,129 @@ def engine(config_path, max_windows, exit_when_idle, consumer) -> None:
         raise click.ClickException(f"cannot load the model: {exc}") from None
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
-    worker = build_engine(cfg, client, cfg.redis.keys(), stop, on_event=lambda e: click.echo(format_event(e)),
+    keys = cfg.redis.keys()
+    seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
+    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: click.echo(format_event(e)),
                           consumer=consumer, loaded=loaded)
+    _serve_healthz(health_port, lambda: not stop.is_set() and bool(client.exists(keys.heartbeat("engine", worker.consumer))))
     worker.run(max_windows=max_windows, idle_exit_s=exit_when_idle)
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Listen address (default: api.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (default: api.port, 8080).")
+def serve(config_path, host, port) -> None:
+    """The HTTP API: /v1 queries, cameras, events (+ SSE), webhooks, /metrics, /healthz, /readyz."""
+    from api.server import ExposureError, build_server
+    from engine.service import ServiceError, open_redis
+
+    cfg = _service_config(config_path)
+    if not cfg.redis.url:
+        raise click.ClickException("the API needs a shared Redis: set redis.url or REDIS_URL")
+    settings = cfg.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    try:
+        client, _, _ = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir)
+    except ExposureError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    server.serve_forever()
+
+
+@main.group()
+def token() -> None:
+    """API tokens (stored hashed in the token file)."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Who uses it (shown in 403 messages).")
+@click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True)
+@click.option("--file", "path", default=None, help="Token file (default: api.tokens_file, else <data_dir>/api-tokens.json).")
+@config_option
+def token_create(name, scope, path, config_path) -> None:
+    """Create a token; prints it once (only its SHA-256 is kept)."""
+    from api.auth import Scope, TokenFileError, add_token
+    from api.server import tokens_path
+
+    cfg = _service_config(config_path)
+    target = path or tokens_path(cfg.api, cfg.data_dir)
+    try:
+        click.echo(add_token(target, name, Scope(scope)))
+    except TokenFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"(stored hashed in {target}; restart `spacevllm serve` to load it)", err=True)
+
+
+@main.group()
+def cameras() -> None:
+    """Cameras: ls (with health), add, rm."""
+
+
+@cameras.command("ls")
+@config_option
+@redis_option
+def cameras_ls(config_path, redis_url) -> None:
+    from stream.cameras import CameraRegistry
+    from stream.health import read_health
+    from stream.urls import redact_url
+
+    client, keys = _client(config_path, redis_url)
+    registered = {c.id: c for c in CameraRegistry(client, keys).all()}
+    announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
+    click.echo("ID\tSTATE\tFPS\tDECODED\tDROPPED\tRECONNECTS\tURL\tLAST ERROR")
+    for cid in sorted(set(registered) | announced):
+        try:
+            h = read_health(client, keys, cid)
+        except ValueError:
+            h = None
+        url = redact_url(registered[cid].url) if cid in registered else "(not registered)"
+        if h is None:
+            click.echo(f"{cid}\t-\t-\t-\t-\t-\t{url}\t")
+        else:
+            click.echo(f"{cid}\t{h.state.value}\t{h.fps:.1f}\t{h.frames_decoded}\t{h.frames_dropped}\t{h.reconnects}\t{url}\t{h.last_error}")
+
+
+@cameras.command("add")
+@click.argument("camera_id")
+@click.argument("url")
+@click.option("--replace", is_flag=True, help="Replace a camera with this id.")
+@config_option
+@redis_option
+def cameras_add(camera_id, url, replace, config_path, redis_url) -> None:
+    """Register a camera; a running ingest starts it."""
+    from pydantic import ValidationError
+
+    from stream.cameras import CameraExists, CameraRegistry
+    from stream.config import CameraSettings
+
+    client, keys = _client(config_path, redis_url)
+    try:
+        cam = CameraSettings(id=camera_id, url=url)
+    except ValidationError as exc:
+        raise click.ClickException("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    try:
+        CameraRegistry(client, keys).add(cam, replace=replace)
+    except CameraExists:
+        raise click.ClickException(f"camera {camera_id!r} exists (--replace replaces it)") from None
+    click.echo(camera_id)
+
+
+@cameras.command("rm")
+@click.argument("camera_id")
+@config_option
+@redis_option
+def cameras_rm(camera_id, config_path, redis_url) -> None:
+    """Unregister a camera; a running ingest stops it."""
+    from stream.cameras import CameraRegistry
+
+    client, keys = _client(config_path, redis_url)
+    if not CameraRegistry(client, keys).remove(camera_id):
+        raise click.ClickException(f"no registered camera {camera_id!r}")
+    click.echo(f"removed {camera_id}")
 
 
 @main.group()
@@ -250,20 +388,32 @@ def query() -> None:
 @click.argument("text")
 @click.option("--camera", "cameras", multiple=True, help="Camera id (repeat; default: every camera).")
 @click.option("--threshold", type=float, default=None, help="Match threshold in [0, 1] (default: the model's calibrated one).")
-@click.option("--min-duration", type=float, default=0.0, show_default=True)
-@click.option("--cooldown", type=float, default=4.0, show_default=True)
+@click.option("--min-duration", type=float, default=None, help="Seconds (default: the query schema's, 0).")
+@click.option("--cooldown", type=float, default=None, help="Seconds (default: the query schema's, 4).")
 @click.option("--id", "query_id", default=None)
+@click.option("--webhook", "webhooks", multiple=True, metavar="URL=SECRET", help="A sink for this query's events (repeat).")
+@click.option("--replace", is_flag=True, help="Replace a query with this --id (without it, an existing id is an error).")
 @config_option
 @redis_option
-def query_add(text, cameras, threshold, min_duration, cooldown, query_id, config_path, redis_url) -> None:
+def query_add(text, cameras, threshold, min_duration, cooldown, query_id, webhooks, replace, config_path, redis_url) -> None:
+    """Add a standing query (validated by the one query schema, engine.queries.QuerySpec)."""
     from engine.client import GroundingClient
-    from engine.queries import QueryError
+    from engine.queries import QueryError, QueryExists
 
+    hooks = []
+    for w in webhooks:
+        url, sep, secret = w.rpartition("=")
+        if not sep or not url:
+            raise click.BadParameter("URL=SECRET", param_hint="--webhook")
+        hooks.append({"url": url, "secret": secret})
     client, keys = _client(config_path, redis_url)
     try:
-        q = GroundingClient(client, keys).add_query(text, list(cameras) or None, threshold, min_duration, cooldown, query_id)
+        q = GroundingClient(client, keys).add_query(text, list(cameras) or None, threshold, min_duration, cooldown, query_id,
+                                                    webhooks=hooks or None, replace=replace)
     except QueryError as exc:
         raise click.ClickException(f"invalid query: {exc}") from None
+    except QueryExists:
+        raise click.ClickException(f"query {query_id!r} exists (--replace replaces it)") from None
     click.echo(q.id)
 
 

@@ -28,13 +28,14 @@ class GroundingClient:
         self.keys = keys or Keys()
         self.registry = QueryRegistry(client, self.keys)
 
-    def add_query(self, text: str, cameras: list[str] | None = None, threshold: float | None = None, min_duration_s: float = 0.0,
-                  cooldown_s: float = 4.0, query_id: str | None = None) -> StandingQuery:
-        data = {"text": text, "cameras": cameras or ["*"], "threshold": threshold, "min_duration_s": min_duration_s,
-                "cooldown_s": cooldown_s}
-        if query_id:
-            data["id"] = query_id
-        return self.registry.add(validate_query(data))
+    def add_query(self, text: str, cameras: list[str] | None = None, threshold: float | None = None,
+                  min_duration_s: float | None = None, cooldown_s: float | None = None, query_id: str | None = None,
+                  webhooks: list[dict] | None = None, replace: bool = False) -> StandingQuery:
+        """Validate through the one query schema (`engine.queries.QuerySpec`: its defaults apply to what is left
+        None) and register. An existing id raises `QueryExists` unless `replace`."""
+        data = {"text": text, "cameras": cameras, "threshold": threshold, "min_duration_s": min_duration_s,
+                "cooldown_s": cooldown_s, "id": query_id, "webhooks": webhooks}
+        return self.registry.add(validate_query({k: v for k, v in data.items() if v is not None}), replace=replace)
 
     def list_queries(self) -> list[StandingQuery]:
         return self.registry.all()

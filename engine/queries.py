@@ -4,23 +4,146 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import unicodedata
 import uuid
 from dataclasses import asdict, dataclass, field
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stream.keys import Keys, check_id
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 256
-FIELDS = {"id", "text", "cameras", "threshold", "min_duration_s", "cooldown_s", "created_at"}
+MAX_WEBHOOKS = 8
 
 
 class QueryError(ValueError):
-    """A query that fails validation; the message says which field and why."""
+    """A query that fails validation; the message says which field and why (`errors` holds them one by one)."""
+
+    def __init__(self, message: str, errors: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"loc": [], "msg": message, "type": "value_error"}]
+
+
+class QueryExists(KeyError):
+    """A query with this id is already registered (add it with `replace=True` to replace it)."""
+
+
+# ---- the one schema ---------------------------------------------------------------------------
+# `QuerySpec` is the only definition of a standing query's fields, defaults and limits: the YAML
+# config (`queries:`), the CLI (`spacevllm query add`), the SDK (`GroundingClient.add_query`) and
+# the HTTP API (`POST /v1/queries`, where its errors become 422s with the field path) all validate
+# through it. `StandingQuery` is its stored, frozen form.
+def _number(name: str, upper: float | None):
+    def check(cls, v):
+        if v is None and name == "threshold":
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("must be a number")
+        if v < 0 or (upper is not None and v > upper):
+            raise ValueError(f"must be in [0, {upper}]" if upper is not None else "must be >= 0")
+        return float(v)
+    return check
+
+
+class WebhookSpec(BaseModel):
+    """A sink: every event of the query is POSTed to `url`, signed with HMAC-SHA256 of `secret`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str = Field(..., description="http:// or https:// URL that receives the events (POST, JSON)")
+    secret: str = Field(..., description="HMAC-SHA256 key for the X-SVL-Signature header; never returned by the API")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, v):
+        if not isinstance(v, str) or not re.match(r"^https?://[^\s/?#]+(/[^\s]*)?$", v) or len(v) > 2048:
+            raise ValueError("must be an http:// or https:// URL (up to 2048 characters)")
+        return v
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, v):
+        if not isinstance(v, str) or not 1 <= len(v) <= 256:
+            raise ValueError("must be a string of 1-256 characters")
+        return v
+
+
+class QuerySpec(BaseModel):
+    """A standing query as written by people and programs (YAML, CLI, SDK, API)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str | None = Field(None, description="[A-Za-z0-9_.-]{1,64}; generated when absent")
+    text: str = Field(..., description=f"what to look for, 1-{MAX_TEXT} characters (whitespace collapsed)")
+    cameras: list[str] = Field(["*"], description="camera ids, or ['*'] for every camera (a single string is one camera)")
+    threshold: float | None = Field(None, description="match score in [0, 1]; null: the model's calibrated default")
+    min_duration_s: float = Field(0.0, description="publish `new` only once the span is at least this long")
+    cooldown_s: float = Field(4.0, description="end the event after this long without a match")
+    webhooks: list[WebhookSpec] = Field([], description=f"sinks that receive every event of this query (at most {MAX_WEBHOOKS})")
+    created_at: float | None = Field(None, description="Unix seconds; set by the server when absent")
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text(cls, v):
+        if not isinstance(v, str):
+            raise ValueError("required, a string")
+        if any(unicodedata.category(c) == "Cc" for c in v.strip()):
+            raise ValueError("control characters are not allowed")
+        text = " ".join(v.split())
+        if not 1 <= len(text) <= MAX_TEXT:
+            raise ValueError(f"must be 1-{MAX_TEXT} characters after trimming (got {len(text)})")
+        return text
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, v):
+        return None if v in (None, "") else check_id(v, "query id")
+
+    @field_validator("cameras", mode="before")
+    @classmethod
+    def _cameras(cls, v):
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("a non-empty list of camera ids, or '*'")
+        return [c if c == "*" else check_id(c, "camera id") for c in v]
+
+    _threshold = field_validator("threshold", mode="before")(classmethod(_number("threshold", 1.0)))
+    _min_duration = field_validator("min_duration_s", mode="before")(classmethod(_number("min_duration_s", None)))
+    _cooldown = field_validator("cooldown_s", mode="before")(classmethod(_number("cooldown_s", None)))
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, v):
+        if len(v) > MAX_WEBHOOKS:
+            raise ValueError(f"at most {MAX_WEBHOOKS} webhooks")
+        return v
+
+
+def error_list(exc: ValidationError) -> list[dict]:
+    """Pydantic's errors with our wording: `loc` (the field path), `msg`, `type`."""
+    out = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required"
+        out.append({"loc": list(e["loc"]), "msg": msg, "type": e["type"]})
+    return out
+
+
+def _path(loc) -> str:
+    return ".".join(str(x) for x in loc) or "query"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    secret: str
 
 
 @dataclass(frozen=True)
@@ -32,13 +155,16 @@ class StandingQuery:
     min_duration_s: float = 0.0
     cooldown_s: float = 4.0
     created_at: float = field(default=0.0)
+    webhooks: tuple[Webhook, ...] = ()
 
     def applies_to(self, camera_id: str) -> bool:
         return "*" in self.cameras or camera_id in self.cameras
 
-    def to_dict(self) -> dict:
+    def to_dict(self, redact: bool = False) -> dict:
+        """The stored form (with webhook secrets), or with `redact` the form shown to API clients."""
         d = asdict(self)
         d["cameras"] = list(self.cameras)
+        d["webhooks"] = [{"url": w.url, "secret": REDACTED if redact else w.secret} for w in self.webhooks]
         return d
 
     @classmethod
@@ -46,46 +172,29 @@ class StandingQuery:
         return validate_query(data)
 
 
-def validate_query(data: dict, now: float | None = None) -> StandingQuery:
-    if not isinstance(data, dict):
-        raise QueryError("a query must be a JSON object")
-    unknown = set(data) - FIELDS
-    if unknown:
-        raise QueryError(f"unknown query fields: {sorted(unknown)}")
-    text = data.get("text")
-    if not isinstance(text, str):
-        raise QueryError("text: required, a string")
-    if any(unicodedata.category(c) == "Cc" for c in text.strip()):
-        raise QueryError("text: control characters are not allowed")
-    text = " ".join(text.split())
-    if not 1 <= len(text) <= MAX_TEXT:
-        raise QueryError(f"text: must be 1-{MAX_TEXT} characters after trimming (got {len(text)})")
-    try:
-        qid = check_id(data.get("id") or f"q-{uuid.uuid4().hex[:10]}", "query id")
-    except ValueError as exc:
-        raise QueryError(str(exc)) from None
-    cams = data.get("cameras", ["*"])
-    if isinstance(cams, str):
-        cams = [cams]
-    if not isinstance(cams, (list, tuple)) or not cams:
-        raise QueryError("cameras: a non-empty list of camera ids, or '*'")
-    try:
-        cams = tuple(c if c == "*" else check_id(c, "camera id") for c in cams)
-    except ValueError as exc:
-        raise QueryError(f"cameras: {exc}") from None
-    numbers = {}
-    for name, default, upper in (("threshold", None, 1.0), ("min_duration_s", 0.0, None), ("cooldown_s", 4.0, None)):
-        v = data.get(name, default)
-        if v is None and name == "threshold":
-            numbers[name] = None
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            raise QueryError(f"{name}: must be a number")
-        if v < 0 or (upper is not None and v > upper):
-            raise QueryError(f"{name}: must be in [0, {upper}]" if upper is not None else f"{name}: must be >= 0")
-        numbers[name] = float(v)
-    created = data.get("created_at") or (now if now is not None else time.time())
-    return StandingQuery(qid, text, cams, numbers["threshold"], numbers["min_duration_s"], numbers["cooldown_s"], float(created))
+REDACTED = "<redacted>"
+
+
+def validate_query(data, now: float | None = None) -> StandingQuery:
+    """Validate through `QuerySpec` and build the stored record (id generated, created_at set when absent)."""
+    if isinstance(data, QuerySpec):
+        spec = data
+    else:
+        if not isinstance(data, dict):
+            raise QueryError("a query must be a JSON object")
+        try:
+            spec = QuerySpec.model_validate(data)
+        except ValidationError as exc:
+            errors = error_list(exc)
+            raise QueryError("; ".join(f"{_path(e['loc'])}: {e['msg']}" for e in errors), errors) from None
+    return from_spec(spec, now)
+
+
+def from_spec(spec: QuerySpec, now: float | None = None) -> StandingQuery:
+    created = spec.created_at or (now if now is not None else time.time())
+    return StandingQuery(spec.id or f"q-{uuid.uuid4().hex[:10]}", spec.text, tuple(spec.cameras), spec.threshold,
+                         spec.min_duration_s, spec.cooldown_s, float(created),
+                         tuple(Webhook(w.url, w.secret) for w in spec.webhooks))
 
 
 class QueryRegistry:
@@ -95,10 +204,24 @@ class QueryRegistry:
         self.client = client
         self.keys = keys
 
-    def add(self, query: StandingQuery) -> StandingQuery:
-        self.client.hset(self.keys.queries(), query.id, json.dumps(query.to_dict()))
+    def add(self, query: StandingQuery, replace: bool = True) -> StandingQuery:
+        """Register `query`; an existing one with its id is replaced, or with `replace=False` refused (QueryExists)."""
+        if replace:
+            self.client.hset(self.keys.queries(), query.id, json.dumps(query.to_dict()))
+        elif not self.client.hsetnx(self.keys.queries(), query.id, json.dumps(query.to_dict())):
+            raise QueryExists(query.id)
         self._announce("add", query.id)
         return query
+
+    def get(self, query_id: str) -> StandingQuery | None:
+        raw = self.client.hget(self.keys.queries(), query_id)
+        if raw is None:
+            return None
+        try:
+            return StandingQuery.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            log.error("malformed stored query %r: %s", query_id, exc)
+            return None
 
     def remove(self, query_id: str) -> bool:
         removed = self.client.hdel(self.keys.queries(), query_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -23,7 +24,9 @@ from engine.worker import EngineWorker
 from stream.config import CameraSettings
 from stream.ingest import IngestService
 from stream.keys import Keys, LayoutMismatch, check_layout
-from stream.redis_server import EmbeddedRedis, connect
+from stream.cameras import CameraRegistry
+from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
+from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
     else:
         data = Path(cfg.redis.data_dir or Path(cfg.data_dir) / "redis")
         try:
-            server = EmbeddedRedis.start(data, maxmemory=cfg.redis.maxmemory)
+            server = EmbeddedRedis.start(data, maxmemory=cfg.redis.maxmemory, auth=True)  # password + no admin commands
         except (RuntimeError, OSError) as exc:
             raise ServiceError(f"cannot start the embedded Redis: {exc}") from None
         url = server.url
@@ -74,6 +77,40 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
 def redact(url: str) -> str:
     """A Redis URL fit for logs: the password replaced."""
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
+    """Register the config's `queries:` (a config query replaces a stored one with its id: the file is the record)."""
+    registry = QueryRegistry(client, keys)
+    for spec in specs:
+        q = registry.add(validate_query(spec))
+        if echo is not None:
+            echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
+                 f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
+
+
+def redis_cli_path() -> str:
+    return shutil.which("redis-cli") or str(Path(redis_server_binary()).with_name("redis-cli"))
+
+
+def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+              echo: Callable[[str], None]):
+    """`up`'s API: on api.host:api.port with an admin token (SVL_API_TOKEN, or one kept in the data dir); prints
+    the URL and a curl line that works. A port in use is reported in one line and `up` goes on without the API."""
+    from api.auth import Identity, Scope, TokenStore, digest
+    from api.server import ApiServer, ExposureError, demo_admin_token, tokens_path
+
+    token, shell_token = demo_admin_token(cfg.data_dir)
+    stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
+    tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
+    try:
+        server = ApiServer(client, keys, cfg.api, tokens, stop).start()
+    except ExposureError as exc:
+        echo(f"API not started: {exc}")
+        return None
+    echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    echo(f"  curl -H \"Authorization: Bearer {shell_token}\" '{server.url}/v1/events?limit=5'")
+    return server
 
 
 def load_engine_model(cfg: ServiceConfig):
@@ -104,12 +141,18 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-5]
 
 
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-5]
+
+
 def format_event(e: GroundingEvent) -> str:
-    """One readable line: time, camera, query, span, score, first box."""
+    """One readable line: the event's time (its span's end on the capture clock, UTC; not when it was printed),
+    type, camera, query, span, score, first box, end reason."""
     box = " first box=[" + ", ".join(f"{v:.0f}" for v in e.boxes[0].xyxy) + "]" if e.boxes else ""
-    return (f"{_clock(time.time())} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
+    reason = f" reason={e.reason.value}" if e.reason is not None else ""
+    return (f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
             f"\"{e.query_text}\" span={_clock(e.start_ts)}-{_clock(e.end_ts)} ({e.end_ts - e.start_ts:.1f} s) "
-            f"score={e.score:.2f}{box}")
+            f"score={e.score:.2f}{box}{reason}")
 
 
 def up_threads(cfg: ServiceConfig, cores: int | None = None) -> tuple[int, int]:
@@ -121,10 +164,14 @@ def up_threads(cfg: ServiceConfig, cores: int | None = None) -> tuple[int, int]:
     return engine, cfg.ingest.decoder_threads
 
 
-def ingest_role(control, cfg: ServiceConfig, url: str, cameras: list[CameraSettings]) -> None:
-    """`up`'s ingest process: the cameras -> windows, until stopped (its cameras are then marked stopped)."""
+def ingest_role(control, cfg: ServiceConfig, url: str, cameras: list[CameraSettings], registry: bool = True) -> None:
+    """`up`'s ingest process: the cameras -> windows, until stopped (its cameras are then marked stopped).
+    With `registry`, the cameras live in Redis (seeded from these): the API and `spacevllm cameras` add and remove
+    them at run time."""
     client = connect(url, cluster=cfg.redis.cluster)
-    IngestService(client, cfg.redis.keys(), cameras, cfg.windows, cfg.ingest, stop=control.stop).run(install_signals=False)
+    keys = cfg.redis.keys()
+    IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=control.stop,
+                  registry=CameraRegistry(client, keys) if registry else None).run(install_signals=False)
 
 
 def engine_role(control, cfg: ServiceConfig, url: str, echo: Callable[[str], None]) -> None:
@@ -154,24 +201,29 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
-    server = None
+    server = api_server = None
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
         where = f" (data in {server.data_dir})" if server else ""
         echo(f"Redis: {redact(url)}{where}")
-        echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
-             f"   or: spacevllm events tail --redis-url {redact(url)}")
+        if server is not None and server.password:  # the password is read from its file, never printed
+            cli = server.cli_line(redis_cli_path())
+            echo(f"  events: {cli} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'")
+            echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
+                 "spacevllm events tail")
+        else:
+            echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
+                 f"   or: spacevllm events tail --redis-url {redact(url)}")
         cameras = list(cfg.cameras) or [DEMO_CAMERA]
-        registry = QueryRegistry(client, keys)
-        for spec in (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES:
-            q = registry.add(validate_query(spec))
-            echo(f"query {q.id}: \"{q.text}\" on {','.join(q.cameras)} "
-                 f"(threshold {q.threshold if q.threshold is not None else 'model default'})")
+        seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
         engine_threads, _ = up_threads(cfg)
-        echo(f"cameras: {', '.join(c.id + '=' + c.url for c in cameras)}; model: {cfg.engine.model} "
+        echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} "
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} threads); Ctrl-C stops")
+        # ---- the HTTP API (issue 12): its own block; stopped first on the way out
+        api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
+        # ---- ingest and the engine: separate processes with their own thread budgets (issue 14)
         roles.start("engine", engine_role, (cfg, url, echo), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -182,6 +234,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
             if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
+        if api_server is not None:
+            api_server.close()
         roles.stop("ingest", timeout_s=15.0)
         # after ingest: its cameras are stopped; the engine finishes their windows and ends their events
         if not roles.finish("engine", timeout_s=30.0):

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError
 
+from engine.queries import QuerySpec
 from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict, WindowSettings
 
 DEFAULT_MODEL_DIR = str(Path(__file__).resolve().parent.parent / "models" / "tiny")
@@ -43,13 +44,21 @@ class EngineSettings(Strict):
     max_window_lag_s: float = Field(10.0, ge=0)
 
 
-class QuerySpec(Strict):
-    id: str | None = None
-    text: str
-    cameras: list[str] = ["*"]
-    threshold: float | None = None  # None: the model's calibrated default
-    min_duration_s: float = 0.0
-    cooldown_s: float = 4.0
+class ApiSettings(Strict):
+    """The HTTP API (`spacevllm serve`; `up` starts it too). Tokens: `tokens_file` (hashed, see api/auth.py) and
+    the SVL_API_TOKEN environment variable (an admin token)."""
+
+    host: str = "127.0.0.1"  # anything but loopback refuses to start without tokens
+    port: int = Field(8080, ge=0, le=65535)  # 0: a free port (tests)
+    enabled: bool = True  # `up` starts the API
+    public_read: bool = False  # reads (GET, SSE, /metrics) without a token
+    tokens_file: str | None = None  # None: <data_dir>/api-tokens.json when it exists
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    max_streams: int = Field(64, ge=1)  # concurrent SSE clients (each holds one blocking Redis read)
+    webhooks: bool = True  # this API process delivers webhooks (one at a time per deployment: a Redis lock)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(0.5, gt=0)  # doubled per attempt, capped at 30 s
 
 
 class ServiceConfig(Strict):
@@ -59,7 +68,8 @@ class ServiceConfig(Strict):
     ingest: IngestSettings = IngestSettings()
     cameras: list[CameraSettings] = []
     engine: EngineSettings = EngineSettings()
-    queries: list[QuerySpec] = []
+    queries: list[QuerySpec] = []  # the one query schema (engine/queries.py), seeded by up, engine and ingest
+    api: ApiSettings = ApiSettings()
 
 
 class ConfigError(ValueError):
@@ -92,6 +102,11 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
         overrides["cluster"] = cluster in ("1", "true")
     if overrides:
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update=overrides)})
+    backend = os.environ.get("SVL_ENGINE_BACKEND")
+    if backend:
+        if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ConfigError(f"SVL_ENGINE_BACKEND must be auto, torch, onnxruntime or tensorrt, got {backend!r}")
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"backend": backend})})
     if cfg.redis.cluster and not cfg.redis.url:
         raise ConfigError(f"{path or 'defaults'}: redis.cluster needs redis.url (a node of the Cluster); the embedded Redis is standalone")
     if cfg.data_dir is None:

@@ -36,6 +36,7 @@ from engine.grounder import MissingFrames, WindowGrounder
 from engine.latency import LatencyHistogram
 from engine.query_watcher import QueryWatcher
 from engine.settings import EngineSettings
+from engine.telemetry import EngineTelemetry
 from engine.window_source import Delivery, WindowSource
 from stream.keys import Keys
 from stream.redis_link import RedisLink
@@ -77,6 +78,7 @@ class EngineWorker:
                                    settings.max_deliveries, settings.retry_backoff_s, batch=settings.batch_windows)
         self.store = EventStore(client, keys, settings, model_name)
         self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained)
+        self.telemetry = EngineTelemetry(client, keys)
         self.link = RedisLink(f"engine {self.consumer}")
         self.stats = WorkerStats()
         self._ready = False
@@ -100,13 +102,13 @@ class EngineWorker:
                 try:
                     self.setup()
                     self.heartbeat()
-                    self.publish(self.watcher.refresh())
+                    self.publish(self.watcher.refresh(), counted=False)
                     deliveries = self.source.next(block=self._finish_by is None)
-                    if deliveries:
+                    if deliveries:  # the windows that were ready together: one grounding batch
                         self.handle_batch(deliveries)
                         last_work = time.monotonic()
-                    if not deliveries:  # idle: windows read so far are done, so a stopped camera's events can end
-                        self.publish(self.watcher.idle_check())
+                    else:  # idle: windows read so far are done, so a stopped camera's events can end
+                        self.publish(self.watcher.idle_check(), counted=False)
                     self.link.ok()
                 except redis.RedisError as exc:
                     self._ready = False
@@ -132,7 +134,7 @@ class EngineWorker:
         """End the events of cameras that have stopped (an `up` stops its cameras first), then leave."""
         try:
             if self._ready:
-                self.publish(self.watcher.reconcile(cameras=True))
+                self.publish(self.watcher.reconcile(cameras=True), counted=False)
             self.watcher.close()
             self._ready = False
             self.client.delete(self.keys.heartbeat("engine", self.consumer))
@@ -150,8 +152,12 @@ class EngineWorker:
         self.client.set(self.keys.heartbeat("engine", self.consumer), json.dumps(beat),
                         ex=int(self.settings.heartbeat_s * 3) + 1)
 
-    def publish(self, events: list[GroundingEvent]) -> None:
+    def publish(self, events: list[GroundingEvent], counted: bool = True) -> None:
+        """Hand written events to the caller's hook; `counted=False`: events written outside a window (ends for a
+        removed query or a stopped camera), which telemetry counts here."""
         self.stats.events += len(events)
+        if events and not counted:
+            self.telemetry.events_published(events)
         for e in events:
             self.on_event(e)
 
@@ -182,6 +188,7 @@ class EngineWorker:
     def _ground_and_commit(self, todo: list) -> list[GroundingEvent]:
         if not todo:
             return []
+        started = time.monotonic()
         try:
             results = self.grounder.ground_many([(w, frames, queries) for _, w, queries, frames in todo])
         except redis.RedisError:
@@ -204,7 +211,7 @@ class EngineWorker:
             except Exception as exc:
                 self._failed(d, window, exc)
                 continue
-            self._committed(window)
+            self._committed(window, (time.monotonic() - started) / len(todo), got)  # its share of the batch
             self.publish(got)
             events.extend(got)
         return events
@@ -214,17 +221,16 @@ class EngineWorker:
         try:
             window = Window.from_fields(d.fields)
         except ValueError as exc:  # malformed entry: retrying cannot help
-            self.stats.dead_lettered += 1
-            self.source.dead_letter(d, f"malformed window entry: {exc}")
+            self._dead(d, "unknown", f"malformed window entry: {exc}")
             return None
         if d.deliveries > self.settings.max_deliveries:  # a window that took its workers down with it
-            self.stats.dead_lettered += 1
-            self.source.dead_letter(d, f"delivered {d.deliveries} times without finishing (a worker died on it each time)")
+            self._dead(d, window.camera_id, f"delivered {d.deliveries} times without finishing (a worker died on it each time)")
             return None
         lag = time.time() - window.frames_ms[-1] / 1000.0 if window.frames_ms else 0.0
         if window.live and self.settings.max_window_lag_s and lag > self.settings.max_window_lag_s:
             self.store.skip(window, d.entry_id, "stale")
             self.stats.stale += 1
+            self.telemetry.window_skipped(window.camera_id, "stale")
             self._log_skips()
             return None
         return window
@@ -240,6 +246,7 @@ class EngineWorker:
             if w.live and w.start_ms < newest[w.camera_id]:
                 self.store.skip(w, d.entry_id, "superseded")
                 self.stats.superseded += 1
+                self.telemetry.window_skipped(w.camera_id, "superseded")
                 self._log_skips()
             else:
                 keep.append((d, w))
@@ -254,10 +261,12 @@ class EngineWorker:
                         f"{time.monotonic() - at:.0f} s" if at else "start", self.stats.superseded, self.stats.stale)
             self._skip_logged = (time.monotonic(), self.stats.superseded, self.stats.stale)
 
-    def _committed(self, window: Window) -> None:
+    def _committed(self, window: Window, duration_s: float, events: list[GroundingEvent]) -> None:
+        """A window's events are written: counted, its capture-to-commit latency observed (heartbeat and telemetry)."""
         self.stats.processed += 1
         if window.frames_ms:
             self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0, time.monotonic())
+        self.telemetry.window_processed(window.camera_id, duration_s, events, window_end_ts=window.end_ms / 1000.0)
 
     # ---- one window --------------------------------------------------------------------
     def handle(self, d: Delivery) -> list[GroundingEvent]:
@@ -282,12 +291,19 @@ class EngineWorker:
                   d.entry_id, d.deliveries, self.settings.max_deliveries, error, exc_info=log.isEnabledFor(logging.DEBUG))
         if self.source.fail(d, error):
             self.stats.dead_lettered += 1
+            self.telemetry.window_dead(window.camera_id)
+
+    def _dead(self, d: Delivery, camera_id: str, error: str) -> None:
+        self.source.dead_letter(d, error)
+        self.stats.dead_lettered += 1
+        self.telemetry.window_dead(camera_id)
 
     def process(self, window: Window, entry_id: str) -> list[GroundingEvent]:
         if self.store.is_done(window):
             log.info("window %s already done (re-delivered); acknowledging", window.window_id)
             self.store.ack_only(self.keys.shard_of(window.camera_id), entry_id)
             return []
+        started = time.monotonic()
         queries = self.watcher.for_camera(window.camera_id)
         try:
             frames = self.frames.load_frames(window) if queries else []
@@ -299,7 +315,7 @@ class EngineWorker:
             self.stats.skipped += 1
             return []
         events = self.store.commit(window, entry_id, queries, observations)
-        self._committed(window)
+        self._committed(window, time.monotonic() - started, events)
         return events
 
     def _missing_reason(self, window: Window, exc: MissingFrames, now: float | None = None) -> str:

@@ -179,7 +179,8 @@ class CameraWorker(threading.Thread):
             self.health = self.health.moved(CameraState.RUNNING, frames_decoded=self.health.frames_decoded + 1, last_frame_ts=ts)
             lag = self.now() - ts
             if check_lag and lag > self.settings.max_lag_s:
-                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1)
+                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1,
+                                                frames_dropped_late=self.health.frames_dropped_late + 1)
                 self._write_health()
                 continue
             ts_ms = int(round(ts * 1000))

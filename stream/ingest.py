@@ -2,6 +2,12 @@
 
 Threads, not processes: decoding (FFmpeg) and image encoding release the GIL, so threads
 scale to the cores without copying frames between processes; `bench/ingest.py` measures it.
+
+With a `CameraRegistry` the cameras come from Redis (the ones passed in seed it) and the service
+follows it while running: a camera added there starts, one removed stops, one whose settings
+changed restarts, all without restarting the process (announcements on a channel, plus a full
+re-read every `reload_s` in case one was missed). Without one, the list passed in is fixed and
+the service ends when every camera has ended (files played once, tests).
 """
 from __future__ import annotations
 
@@ -15,29 +21,101 @@ import time
 import redis
 
 from stream.camera import CameraWorker
+from stream.cameras import CameraRegistry
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
 from stream.redis_link import RedisLink
+from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 
 class IngestService:
     def __init__(self, client: redis.Redis, keys: Keys, cameras: list[CameraSettings], windows: WindowSettings,
-                 settings: IngestSettings | None = None, stop: threading.Event | None = None) -> None:
+                 settings: IngestSettings | None = None, stop: threading.Event | None = None,
+                 registry: CameraRegistry | None = None, reload_s: float = 5.0) -> None:
         if client is None:
             raise TypeError("IngestService needs a Redis client")
         self.client = client
         self.keys = keys
+        self.windows = windows
         self.settings = settings or IngestSettings()
         self.stop_event = stop or threading.Event()
         self.worker_id = f"{socket.gethostname()}-{threading.get_native_id()}"
         self.link = RedisLink("ingest heartbeat")
-        threads = self.settings.decoder_threads or (1 if len(cameras) >= (os.cpu_count() or 1) else 0)
-        self.workers = [CameraWorker(c, c.windows or windows, client, keys, self.stop_event, self.settings.health_ttl_s,
-                                     decoder_threads=threads) for c in cameras]
+        self.registry = registry
+        self.reload_s = reload_s
+        self._seed = list(cameras)
+        self._running: dict[str, tuple[CameraSettings, CameraWorker, threading.Event]] = {}
+        self._pubsub = None
+        self._last_reload = 0.0
+        if registry is None:
+            for c in cameras:
+                self._start_camera(c)
 
+    @property
+    def workers(self) -> list[CameraWorker]:
+        return [w for _, w, _ in self._running.values()]
+
+    # ---- cameras ------------------------------------------------------------------------
+    def _start_camera(self, cam: CameraSettings, start: bool = False) -> None:
+        stop = threading.Event()  # per camera, so one can stop alone; teardown sets them all
+        worker = CameraWorker(cam, cam.windows or self.windows, self.client, self.keys, stop, self.settings.health_ttl_s,
+                              decoder_threads=self._decoder_threads())
+        self._running[cam.id] = (cam, worker, stop)
+        if start:
+            log.info("camera %s: starting (%s)", cam.id, redact_url(cam.url))
+            worker.start()
+
+    def _decoder_threads(self) -> int:
+        """FFmpeg threads for a camera's decoder: `ingest.decoder_threads`, else 1 when the cameras (this one
+        included) at least fill the cores (more threads per decoder would only wait on each other), else FFmpeg's."""
+        cameras = max(len(self._seed), len(self._running) + 1)
+        return self.settings.decoder_threads or (1 if cameras >= (os.cpu_count() or 1) else 0)
+
+    def _stop_camera(self, camera_id: str) -> None:
+        _, worker, stop = self._running.pop(camera_id)
+        stop.set()
+        worker.join(timeout=10)
+        log.info("camera %s: stopped", camera_id)
+
+    def sync(self) -> None:
+        """Make the running cameras match the registry (start added, stop removed, restart changed)."""
+        wanted = {c.id: c for c in self.registry.all()}
+        for cid in list(self._running):
+            if cid not in wanted or wanted[cid] != self._running[cid][0]:
+                self._stop_camera(cid)
+        for cid, cam in wanted.items():
+            if cid not in self._running:
+                self._start_camera(cam, start=True)
+        self._last_reload = time.monotonic()
+
+    def _changes_announced(self) -> bool:
+        changed = False
+        if self._pubsub is None:
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(self.keys.camera_configs_changed())
+            changed = True
+        while (msg := self._pubsub.get_message(timeout=0)) is not None:
+            if msg.get("type") == "message":
+                changed = True
+        return changed
+
+    def _follow_registry(self) -> None:
+        try:
+            if self._changes_announced() or time.monotonic() - self._last_reload >= self.reload_s:
+                self.sync()
+        except redis.RedisError as exc:
+            log.warning("ingest: cannot read the camera registry: %s", exc)
+            self._pubsub = None
+
+    # ---- the loop -----------------------------------------------------------------------
     def start(self) -> None:
+        if self.registry is not None:
+            if self._seed:
+                self.registry.seed(self._seed)
+            self._follow_registry()
+            return
         for w in self.workers:
             w.start()
 
@@ -51,7 +129,7 @@ class IngestService:
             self.link.failed(exc)
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or `max_seconds`, or every camera ends), then stop cleanly."""
+        """Run until SIGTERM/SIGINT (or `max_seconds`, or, without a registry, every camera ends), then stop cleanly."""
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop_event.set())
@@ -63,7 +141,9 @@ class IngestService:
                 if time.monotonic() - last_beat >= self.settings.heartbeat_s:
                     self.heartbeat()
                     last_beat = time.monotonic()
-                if not any(w.is_alive() for w in self.workers):
+                if self.registry is not None:
+                    self._follow_registry()
+                elif not any(w.is_alive() for w in self.workers):
                     log.info("every camera has ended")
                     break
                 if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -74,8 +154,16 @@ class IngestService:
 
     def teardown(self) -> None:
         self.stop_event.set()
+        for _, _, stop in self._running.values():
+            stop.set()
         for w in self.workers:
-            w.join(timeout=10)
+            if w.is_alive() or w.ident is not None:
+                w.join(timeout=10)
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except redis.RedisError:
+                pass
         try:
             self.client.delete(self.keys.heartbeat("ingest", self.worker_id))
         except redis.RedisError:

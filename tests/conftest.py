@@ -30,6 +30,14 @@ def tiny_model(tiny_config):
     return build_spacevllm(tiny_config, train_tokenizer(tiny_config.max_time_s)).eval()
 
 
+@pytest.fixture
+def tiny_model_dir(tiny_model, tmp_path):
+    """The random-weight test model saved as a model directory (fast to load; with threshold 0 it always matches)."""
+    from engine.model.checkpoint import save_model
+
+    return save_model(tiny_model, tmp_path / "tiny")
+
+
 # ---- real servers -------------------------------------------------------------------------
 import os  # noqa: E402
 import shutil  # noqa: E402

@@ -69,9 +69,8 @@ TRAINING_ONLY = ("answer_probe_",)  # parameters with no inference role: a check
 ZERO_INIT_ADDITIONS = ("answer_words.", "decoder_words.")
 
 
-def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
-    """Load a model directory. `allow_missing`: name prefixes of parameters a newer architecture added
-    (kept at their initialisation; training resumes use it, inference never does)."""
+def _open_model_dir(directory: str | Path) -> tuple[Path, Path, SpaceVLLMConfig]:
+    """The directory, its config file and config; CheckpointError for a missing directory, pickle files or a bad config."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"model directory {d} does not exist")
@@ -83,6 +82,13 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
         config = load_config(cfg_path)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    return d, cfg_path, config
+
+
+def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
+    """Load a model directory. `allow_missing`: name prefixes of parameters a newer architecture added
+    (kept at their initialisation; training resumes use it, inference never does)."""
+    d, cfg_path, config = _open_model_dir(directory)
     if config.base_checkpoint:  # a 7B directory: base weights from a local LLaVA-OneVision checkpoint, heads from here
         from engine.model.llava_onevision import load_from_llava_onevision
 
@@ -132,17 +138,7 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def check_model_dir(directory: str | Path) -> str:
     """Check that a model directory would load (config, tokenizer, tensor names and shapes) without the cost of
     reading its weights; returns a one-line description. Raises CheckpointError with the reason."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"model directory {d} does not exist")
-    refuse_pickle(d)
-    cfg_path = d / "config.json" if (d / "config.json").is_file() else d / "config.yaml"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{d}: missing config.json")
-    try:
-        config = load_config(cfg_path)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    d, cfg_path, config = _open_model_dir(directory)
     if config.base_checkpoint:
         base = _base_dir(d, cfg_path, config.base_checkpoint)
         if (d / "model.safetensors").is_file():

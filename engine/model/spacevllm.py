@@ -24,6 +24,23 @@ from engine.model.space_decoder import SpaceDecoder, SpaceDecoderOutput, build_s
 from engine.model.tokenizer import PromptVocab
 from engine.model.vision import build_vision_encoder
 
+# transformers >= 5.2x names the KV cache `cache` (argument and output) and warns (FutureWarning) on the old
+# `past_key_values`; earlier 5.x releases only know `past_key_values`. Use whichever this install has.
+def _cache_kwarg() -> str:
+    import inspect
+
+    from transformers import Qwen2ForCausalLM
+
+    return "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg()
+
+
+def _cache_of(out):
+    """The KV cache of a model output, under either name."""
+    return getattr(out, CACHE_KWARG)
+
 
 @dataclass(frozen=True)
 class SpaceVLLMOutput:
@@ -206,7 +223,7 @@ class SpaceVLLM(nn.Module):
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
-        return WindowPrefix(dec_vis[0], stq_states, out.past_key_values, ids.shape[1], tuple(timestamps_s))
+        return WindowPrefix(dec_vis[0], stq_states, _cache_of(out), ids.shape[1], tuple(timestamps_s))
 
     @torch.no_grad()
     def encode_window_batch(self, timestamps_s: list[list[float]], visual_tokens: torch.Tensor) -> WindowBatchPrefix:
@@ -218,7 +235,7 @@ class SpaceVLLM(nn.Module):
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][self._stq_positions(ids)].reshape(w, f, -1)  # (W, F, D)
-        return WindowBatchPrefix(dec_vis, stq_states, out.past_key_values, ids.shape[1], tuple(tuple(t) for t in timestamps_s))
+        return WindowBatchPrefix(dec_vis, stq_states, _cache_of(out), ids.shape[1], tuple(tuple(t) for t in timestamps_s))
 
     @torch.no_grad()
     def ground_batch(self, prefix: WindowBatchPrefix, questions: list[list[str]], task: str = "stvg",
@@ -281,11 +298,11 @@ class SpaceVLLM(nn.Module):
         emb, words = self._with_answer_words(self.language_model.get_input_embeddings()(ids),
                                              torch.arange(lq)[None].expand(n, -1), qmask)
         out = self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
-                                  past_key_values=cache, use_cache=True, output_hidden_states=True)
+                                  **{CACHE_KWARG: cache}, use_cache=True, output_hidden_states=True)
         lengths = qmask.sum(1)  # (N,)
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
-        return self._finish(first, out.past_key_values, attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
+        return self._finish(first, _cache_of(out), attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
                             q_states, qmask, decoder or self.space_decoder, row_window, min_scores)
 
     @torch.no_grad()
@@ -312,7 +329,7 @@ class SpaceVLLM(nn.Module):
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long)
-        return self._finish(out.logits[:, -1], out.past_key_values, attn, torch.tensor([len(seq)]), (tuple(timestamps_s),),
+        return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)]), (tuple(timestamps_s),),
                             stq_states, dec_vis, q_states, qmask, self.space_decoder, [0])[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
@@ -337,7 +354,7 @@ class SpaceVLLM(nn.Module):
         # step 2: feed "<start> to", read the end time (end >= start)
         ids = torch.stack([time_ids[start], torch.full((n,), v.to)], dim=1)
         attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype)], dim=1)
-        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2)[None], out.past_key_values)
+        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2)[None], _cache_of(out))
         end_logits = out.logits[:, -1][:, time_ids]
         allowed = in_range & (torch.arange(len(v.time_ids))[None] >= start[:, None])
         end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
@@ -367,7 +384,7 @@ class SpaceVLLM(nn.Module):
 
     def _step(self, ids, attn, pos, cache):
         emb = self.language_model.get_input_embeddings()(ids)
-        return self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True)
+        return self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos, **{CACHE_KWARG: cache}, use_cache=True)
 
     def _max_time_index(self, timestamps_s) -> int:
         if len(timestamps_s) < 2:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -20,6 +21,9 @@ from stream.keys import Keys
 from stream.redis_server import EmbeddedRedis, connect, free_port
 from stream.types import Window
 from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
+
+
+OUTAGE_S = float(os.environ.get("SVL_TEST_OUTAGE_S", "10"))  # the 10 s; SVL_TEST_OUTAGE_S=30 for the longer check
 
 
 def windows_of(client, keys: Keys) -> list[Window]:
@@ -173,7 +177,7 @@ def test_ingest_and_engine_ride_out_redis_killed_and_restarted(system_redis_serv
         # when Redis is SIGKILLed, stays away 10 s, and comes back on the same port and directory
         server.process.kill()
         server.process.wait()
-        time.sleep(10)
+        time.sleep(OUTAGE_S)
         assert all(t.is_alive() for t in threads), "a worker exited during the outage"
         server = EmbeddedRedis.start(data, port=port, prefer_system=True, appendonly=True)
         processed_at_return = w.stats.processed

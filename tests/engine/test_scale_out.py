@@ -33,11 +33,16 @@ def target(request, redis_url):
     return redis_url, False
 
 
-def _setup(url: str, cluster: bool, prefix: str):
+def _setup(url: str, cluster: bool, prefix: str, wait_for: tuple[str, ...] = ()):
+    """Queries, then (once the named workers are up, so that each can take a share) the cameras' windows."""
     client = connect(url, cluster=cluster)
     keys = Keys(prefix)
-    IngestService(client, keys, CAMERAS, WINDOWS).run(install_signals=False)
     add_queries(client, keys, ALWAYS)
+    deadline = time.monotonic() + 120
+    while not all(client.exists(keys.heartbeat("engine", w)) for w in wait_for):
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    IngestService(client, keys, CAMERAS, WINDOWS).run(install_signals=False)
     total = sum(client.xlen(keys.windows(s)) for s in keys.all_shards())
     assert total >= 6 * 6
     return client, keys, total
@@ -60,9 +65,9 @@ def _assert_each_event_once(client, keys):
 
 def test_two_workers_process_every_window_exactly_once(target, tmp_path, tiny_model_dir):
     url, cluster = target
-    client, keys, total = _setup(url, cluster, "two:")
-    # when two engine worker processes share the windows
-    procs = [_engine(tmp_path, url, cluster, "two:", tiny_model_dir, f"w{i}") for i in range(2)]
+    # when two engine worker processes share the windows of 6 cameras
+    procs = [_engine(tmp_path, url, cluster, "two:", tiny_model_dir, f"w{i}", idle_s=8.0) for i in range(2)]
+    client, keys, total = _setup(url, cluster, "two:", wait_for=("w0", "w1"))
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     # then every window was processed once, by one of them, and both took a share

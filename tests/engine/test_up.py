@@ -26,6 +26,7 @@ def _config(tmp_path: Path, model_dir, data_dir: Path) -> Path:
         "cameras": [{"id": "cam1", "url": "synthetic://random?seed=2&fps=10&w=160&h=120"}],
         "engine": {"model": str(model_dir), "threads": 1},
         "queries": [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 30.0}],
+        "api": {"port": 0},  # up starts the API too: a free port, not 8080
     }))
     return cfg
 

@@ -1,0 +1,104 @@
+"""The FastAPI application: routers, error shape, health, metrics. Built by `create_app`; served by
+`api.server` under uvicorn. OpenAPI at `/openapi.json`, interactive docs at `/docs`."""
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import redis
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import cameras, events, queries
+from api.auth import TokenStore
+from api.context import READ, ApiContext, ctx
+from api.metrics import build_registry
+from engine.feed import EventFeed
+from engine.queries import QueryRegistry
+from engine.settings import ApiSettings
+from stream.cameras import CameraRegistry
+from stream.keys import Keys
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_ROLES = ("engine", "ingest")
+
+
+def _loc_msg(e: dict) -> dict:
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    if e.get("type") == "extra_forbidden":
+        msg = "unknown field"
+    elif e.get("type") == "missing":
+        msg = "required"
+    return {"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "value_error")}
+
+
+def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None) -> FastAPI:
+    if client is None:
+        raise TypeError("create_app needs a Redis client")
+    settings = settings or ApiSettings()
+    app = FastAPI(title="SpaceVLLM grounding service", version="1",
+                  description="Standing natural-language queries on live cameras; grounding events (when and where).")
+    app.state.ctx = ApiContext(client, keys, settings, tokens or TokenStore(), EventFeed(client, keys),
+                               QueryRegistry(client, keys), CameraRegistry(client, keys))
+    limiter_box: list = []
+
+    def stream_limiter() -> anyio.CapacityLimiter:  # made inside the event loop, on first use
+        if not limiter_box:
+            limiter_box.append(anyio.CapacityLimiter(settings.max_streams))
+        return limiter_box[0]
+
+    app.state.stream_limiter = stream_limiter
+
+    def camera_ids() -> set[str]:
+        announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
+        return announced | {c.id for c in app.state.ctx.cameras.all()}
+
+    registry, requests = build_registry(client, keys, camera_ids,
+                                        lambda: stream_limiter().borrowed_tokens if limiter_box else 0)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder([_loc_msg(e) for e in exc.errors()])}, status_code=422)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(c: ApiContext = Depends(ctx)) -> JSONResponse:
+        """Redis reachable, and at least one engine and one ingest worker with a fresh heartbeat."""
+        out: dict = {"redis": False, "workers": {}}
+        try:
+            c.client.ping()
+            out["redis"] = True
+            for role in HEARTBEAT_ROLES:
+                out["workers"][role] = sum(1 for _ in c.client.scan_iter(keys.heartbeat_pattern(role), count=100))
+        except redis.RedisError as exc:
+            out["error"] = f"Redis unavailable: {type(exc).__name__}"
+        ready = out["redis"] and all(out["workers"].get(r, 0) > 0 for r in HEARTBEAT_ROLES)
+        out["status"] = "ready" if ready else "not ready"
+        return JSONResponse(out, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], dependencies=[READ], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus text exposition (see api/metrics.py for the names)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(queries.router)
+    app.include_router(cameras.router)
+    app.include_router(events.router)
+    app.state.started = time.time()
+    return app

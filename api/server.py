@@ -1,0 +1,137 @@
+"""Serving the API: the exposure rule, the listening socket, uvicorn, and the webhook dispatcher.
+
+`ApiServer.start()` binds first (so a taken port fails at once with one line, and port 0 picks a free
+one), then runs uvicorn in a thread; `serve_forever()` runs it in the caller's thread (`spacevllm
+serve`). Binding to anything but loopback without any token configured is refused (`ExposureError`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import uvicorn
+
+from api.app import create_app
+from api.auth import ENV_TOKEN, TokenStore
+from api.webhooks import WebhookDispatcher
+from engine.settings import ApiSettings
+from stream.keys import Keys
+from stream.redis_server import read_or_create_secret
+
+log = logging.getLogger(__name__)
+
+
+class ExposureError(RuntimeError):
+    """The API would listen beyond this host with no token configured."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, tokens: TokenStore) -> None:
+    if not is_loopback(host) and tokens.empty:
+        raise ExposureError(f"refusing to serve the API on {host} without tokens: set {ENV_TOKEN} or api.tokens_file "
+                            f"(spacevllm token create), or bind to 127.0.0.1")
+
+
+def tokens_path(settings: ApiSettings, data_dir: str | None) -> Path | None:
+    if settings.tokens_file:
+        return Path(settings.tokens_file)
+    return Path(data_dir) / "api-tokens.json" if data_dir else None
+
+
+def demo_admin_token(data_dir: str) -> tuple[str, str]:
+    """`up`'s admin token: SVL_API_TOKEN when set, else one generated once and kept in <data_dir>/api-token (0600).
+    Returns (token, how to write it in a shell command)."""
+    if os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN].strip(), f"${ENV_TOKEN}"
+    path = Path(data_dir) / "api-token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return read_or_create_secret(path, 32), f"$(cat {path})"
+
+
+@dataclass
+class ApiServer:
+    client: redis.Redis
+    keys: Keys
+    settings: ApiSettings
+    tokens: TokenStore
+    stop: threading.Event
+
+    def __post_init__(self) -> None:
+        check_exposure(self.settings.host, self.tokens)
+        self.app = create_app(self.client, self.keys, self.settings, self.tokens)
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: without it, a keep-alive client waits ~40 ms per response (Nagle
+        # against delayed ACKs: uvicorn writes headers and body separately); measured by bench/api.py
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.sock.bind((self.settings.host, self.settings.port))
+        except OSError as exc:
+            self.sock.close()
+            raise ExposureError(f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror} "
+                                f"(set api.port, or --port)") from None
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, lifespan="off", timeout_graceful_shutdown=2,
+                                                    timeout_keep_alive=5))
+        self.dispatcher = WebhookDispatcher(self.client, self.keys, self.settings, self.stop) if self.settings.webhooks else None
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        return f"http://{host}:{self.port}"
+
+    def _watch_stop(self) -> None:
+        self.stop.wait()
+        self.server.should_exit = True
+
+    def start(self) -> "ApiServer":
+        """Serve in background threads until `stop` is set (or `close()`)."""
+        self._threads = [threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="api", daemon=True),
+                         threading.Thread(target=self._watch_stop, name="api-stop", daemon=True)]
+        if self.dispatcher is not None:
+            self._threads.append(threading.Thread(target=self.dispatcher.run, name="webhooks", daemon=True))
+        for t in self._threads:
+            t.start()
+        log.info("API on %s", self.url)
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread (uvicorn handles SIGINT/SIGTERM here) until stopped."""
+        if self.dispatcher is not None:
+            threading.Thread(target=self.dispatcher.run, name="webhooks", daemon=True).start()
+        threading.Thread(target=self._watch_stop, name="api-stop", daemon=True).start()
+        log.info("API on %s", self.url)
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.stop.set()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.should_exit = True
+        for t in self._threads:
+            t.join(timeout=5)
+        self.sock.close()
+
+
+def build_server(client: redis.Redis, keys: Keys, settings: ApiSettings, data_dir: str | None,
+                 stop: threading.Event | None = None) -> ApiServer:
+    tokens = TokenStore.load(tokens_path(settings, data_dir))
+    return ApiServer(client, keys, settings, tokens, stop or threading.Event())

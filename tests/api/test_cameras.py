@@ -1,0 +1,72 @@
+"""`/v1/cameras` against a running ingest: a camera added over HTTP produces windows without any
+restart, shows its health, and stops when deleted."""
+from __future__ import annotations
+
+import threading
+import time
+
+from stream.cameras import CameraRegistry
+from stream.config import CameraSettings, WindowSettings
+from stream.ingest import IngestService
+from tests.api.conftest import KEYS
+
+FAST = {"sample_fps": 4, "window_seconds": 1, "stride_seconds": 0.5, "input_size": 32, "frame_ttl_seconds": 30}
+
+
+def wait_for(predicate, timeout_s: float = 15.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_add_camera_when_ingest_runs_then_windows_appear_without_restart(api, redis_client):
+    # given an ingest that follows the camera registry, running with no camera at all
+    stop = threading.Event()
+    ingest = IngestService(redis_client, KEYS, [], WindowSettings(**FAST), stop=stop, registry=CameraRegistry(redis_client, KEYS),
+                           reload_s=30.0)
+    t = threading.Thread(target=ingest.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    try:
+        with api.client("admin") as http:
+            assert http.get("/v1/cameras").json() == []
+            # when a camera is added over HTTP
+            body = {"id": "live1", "url": "synthetic://demo?fps=10", "windows": FAST}
+            r = http.post("/v1/cameras", json=body)
+            assert r.status_code == 201, r.text
+            assert http.post("/v1/cameras", json=body).status_code == 409
+            # then windows appear for it, and its health is shown
+            assert wait_for(lambda: redis_client.xlen(KEYS.windows_for("live1")) > 0)
+            cam = wait_for(lambda: (c := http.get("/v1/cameras/live1").json())["health"] and c["health"]["frames_decoded"] > 0 and c)
+            assert cam["health"]["state"] == "running" and cam["registered"] and cam["config"]["url"].startswith("synthetic://")
+            assert set(cam["health"]) >= {"state", "fps", "frames_decoded", "frames_dropped", "reconnects", "last_error"}
+            assert [c["id"] for c in http.get("/v1/cameras").json()] == ["live1"]
+            # when it is deleted, then ingest stops it (no restart) and it stops producing windows
+            assert http.delete("/v1/cameras/live1").status_code == 204
+            assert wait_for(lambda: http.get("/v1/cameras/live1").json()["health"]["state"] == "stopped")
+            n = redis_client.xlen(KEYS.windows_for("live1"))
+            time.sleep(1.5)
+            assert redis_client.xlen(KEYS.windows_for("live1")) == n
+            assert http.delete("/v1/cameras/live1").status_code == 404
+            assert t.is_alive()  # the ingest process kept running throughout
+    finally:
+        stop.set()
+        t.join(timeout=15)
+
+
+def test_get_camera_when_url_has_a_password_then_it_is_redacted(api, redis_client):
+    CameraRegistry(redis_client, KEYS).add(CameraSettings(id="door", url="rtsp://admin:hunter2@10.0.0.5:554/s1"))
+    with api.client("read") as http:
+        text = http.get("/v1/cameras").text
+        assert "hunter2" not in text and "rtsp://admin:***@10.0.0.5:554/s1" in text
+        assert http.get("/v1/cameras/nope").status_code == 404
+
+
+def test_post_camera_when_invalid_then_422_names_the_field(api):
+    with api.client("admin") as http:
+        r = http.post("/v1/cameras", json={"id": "bad/id", "url": "x", "fps": 3})
+        locs = [d["loc"] for d in r.json()["detail"]]
+        assert r.status_code == 422 and ["body", "id"] in locs and ["body", "fps"] in locs
