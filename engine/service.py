@@ -162,7 +162,8 @@ def format_event(e: GroundingEvent) -> str:
             f"score={e.score:.2f}{box}{reason}")
 
 
-def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
+def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None,
+           shutdown: threading.Event | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
     worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
 
@@ -171,7 +172,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     ends their open events with `camera_stopped`), then the embedded Redis. Every exit path stops
     what was started."""
     loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
-    shutdown, ingest_stop, engine_stop = threading.Event(), threading.Event(), threading.Event()
+    shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
+    ingest_stop, engine_stop = threading.Event(), threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

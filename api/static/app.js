@@ -252,7 +252,7 @@ async function play(eventId) {
   video.dataset.spanS = String(clip.end_ts - clip.start_ts);
   video.src = got.url;
   $("#player-status").textContent = `${fmtTime(clip.start_ts)}–${fmtTime(clip.end_ts)}, ${clip.frames} frames` +
-    (clip.missing_frames ? `, ${clip.missing_frames} missing (expired)` : "");
+    (clip.missing_frames ? `, ${clip.missing_frames} missing (expired, or before the camera started)` : "");
   video.play().catch(() => {});
 }
 
