@@ -3,7 +3,8 @@ threads vs processes for several cameras.
 
     .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3]
 
-Full path = decode, timestamp, sample at 2 fps, resize to 64 px, PNG-encode, store in Redis (embedded).
+Full path = decode, timestamp, sample at 2 fps, resize to 64 px, PNG-encode, store in Redis (embedded); with previews
+(the default since issue 13), also a 640 px JPEG (quality 80) of each sampled frame; both are reported.
 """
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def decode_only(path: Path, threads: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def full_path(path: Path, url: str, prefix: str, cameras: int = 1) -> float:
+def full_path(path: Path, url: str, prefix: str, cameras: int = 1, preview_size: int = 640) -> float:
     client = connect(url)
     cams = [CameraSettings(id=f"c{k}", url=f"file://{path}", realtime=False) for k in range(cameras)]
-    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2))
+    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2,
+                                                                   preview_size=preview_size))
     t0 = time.perf_counter()
     svc.run(install_signals=False)
     dt = time.perf_counter() - t0
@@ -76,16 +78,18 @@ def main() -> None:
     path = write_h264(tmp / "720p25.mp4", seconds=args.seconds, fps=25, size=(1280, 720))
     server = EmbeddedRedis.start(tmp / "redis", appendonly=False)
     try:
-        raw, full, raw1, full1 = [], [], [], []
-        for r in range(args.repeats):  # interleaved, so both see the same machine load
+        raw, full, bare, raw1 = [], [], [], []
+        for r in range(args.repeats):  # interleaved, so all see the same machine load
             raw.append(decode_only(path, 0))
             full.append(full_path(path, server.url, f"b{r}:"))
+            bare.append(full_path(path, server.url, f"n{r}:", preview_size=0))
             raw1.append(decode_only(path, 1))
         med = statistics.median
         print(f"720p25 H.264, {args.seconds:.0f} s ({int(args.seconds * 25)} frames), median of {args.repeats} interleaved runs")
         print(f"{'path':<44} | {'frames/s':>9} | {'ratio':>6}")
         print(f"{'raw PyAV decode (+rgb) (the limit)':<44} | {med(raw):>9.1f} | {1.0:>6.2f}")
-        print(f"{'full ingest path':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
+        print(f"{'full ingest path, with 640 px previews':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
+        print(f"{'full ingest path, previews off':<44} | {med(bare):>9.1f} | {med(bare) / med(raw):>6.2f}")
         print(f"{'raw decode, 1 decoder thread':<44} | {med(raw1):>9.1f} |")
         print(f"real-time 720p25 cameras per core (1 decoder thread, full path ~ decode): {med(raw1) * med(full) / med(raw) / 25:.1f}")
         th = full_path(path, server.url, "t:", cameras=2)

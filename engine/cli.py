@@ -280,11 +280,39 @@ def serve(config_path, host, port) -> None:
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir)
+        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir, media_dir=cfg.media_dir())
     except ExposureError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
     server.serve_forever()
+
+
+@main.command()
+@config_option
+@health_port_option
+def media(config_path, health_port) -> None:
+    """Event media: follow the event feed; a snapshot per event, a clip when it ends (files under media.dir)."""
+    import signal
+    import threading
+
+    from engine.media import MediaWorker
+    from engine.media_store import MediaStore
+    from engine.service import ServiceError, open_redis
+
+    cfg = _service_config(config_path)
+    if not cfg.redis.url:
+        raise click.ClickException("the media worker needs a shared Redis: set redis.url or REDIS_URL")
+    try:
+        client, _, _ = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = MediaWorker(client, cfg.redis.keys(), cfg.media, MediaStore(cfg.media_dir()), stop)
+    _serve_healthz(health_port, lambda: not stop.is_set())
+    click.echo(f"media worker: media in {cfg.media_dir()}")
+    worker.run()
 
 
 @main.group()

@@ -101,13 +101,25 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
     tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
     try:
-        server = ApiServer(client, keys, cfg.api, tokens, stop).start()
+        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir()).start()
     except ExposureError as exc:
         echo(f"API not started: {exc}")
         return None
     echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    echo(f"Dashboard: {server.url}/  (open it in a browser; paste the admin token, \"echo {shell_token}\", into its token field)")
     echo(f"  curl -H \"Authorization: Bearer {shell_token}\" '{server.url}/v1/events?limit=5'")
     return server
+
+
+def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event) -> threading.Thread:
+    """`up`'s media worker (snapshots and clips of events, under `media.dir`) in a thread."""
+    from engine.media import MediaWorker
+    from engine.media_store import MediaStore
+
+    worker = MediaWorker(client, keys, cfg.media, MediaStore(cfg.media_dir()), stop)
+    thread = threading.Thread(target=worker.run, name="media", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_engine_model(cfg: ServiceConfig):
@@ -150,7 +162,8 @@ def format_event(e: GroundingEvent) -> str:
             f"score={e.score:.2f}{box}{reason}")
 
 
-def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
+def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None,
+           shutdown: threading.Event | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
     worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
 
@@ -159,12 +172,14 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     ends their open events with `camera_stopped`), then the embedded Redis. Every exit path stops
     what was started."""
     loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
-    shutdown, ingest_stop, engine_stop = threading.Event(), threading.Event(), threading.Event()
+    shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
+    ingest_stop, engine_stop = threading.Event(), threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
-    server = api_server = None
+    server = api_server = media_thread = None
+    media_stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
         client, server, url = open_redis(cfg)
@@ -190,6 +205,9 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         # ---- the HTTP API (issue 12): its own block; stopped first on the way out
         api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
         # ----
+        # ---- event media (issue 13): its own block; stopped with the API
+        media_thread = start_media(cfg, client, keys, media_stop) if cfg.media.enabled else None
+        # ----
         threads = [threading.Thread(target=ingest.run, kwargs={"install_signals": False}, name="ingest", daemon=True),
                    threading.Thread(target=engine.run, name="engine", daemon=True)]
         for t in threads:
@@ -204,6 +222,9 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     finally:
         if api_server is not None:
             api_server.close()
+        media_stop.set()
+        if media_thread is not None:
+            media_thread.join(timeout=10)
         ingest_stop.set()
         if threads:
             threads[0].join(timeout=15)
