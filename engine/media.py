@@ -29,6 +29,7 @@ from engine.media_render import ClipFrame, caption_of, encode_clip, render_snaps
 from engine.media_store import CLIP, SNAPSHOT, MediaStore
 from engine.settings import MediaSettings
 from stream.keys import Keys
+from stream.redis_link import RedisLink
 from stream.store import preview_times
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class MediaWorker:
         self.timings: list[tuple[str, float]] = []  # ("snapshot" | "clip", seconds): the last few, for benches
         self._last_prune = 0.0
         self._last_beat = 0.0
+        self.link = RedisLink("media worker")
 
     # ---- loop ----------------------------------------------------------------------------
     def start_cursor(self) -> Cursor:
@@ -81,14 +83,14 @@ class MediaWorker:
                 try:
                     entries, cursor = self.feed.read(cursor, count=100, block_ms=self.settings.block_ms)
                     for entry in entries:
-                        self.handle(entry.event)
+                        self.handle_safely(entry.event)
                     if entries:
                         self.client.set(self.keys.media_cursor(), cursor.encode())
                     self.make_due_clips()
                     self._housekeeping()
+                    self.link.ok()
                 except redis.RedisError as exc:
-                    log.warning("media worker: Redis unavailable (%s); retrying", exc)
-                    self.stop.wait(1.0)
+                    self.stop.wait(self.link.failed(exc))
         finally:
             try:
                 self.client.delete(self.keys.heartbeat("media", self.worker_id))
@@ -110,6 +112,15 @@ class MediaWorker:
         st = self.store.status(e.event_id) or {"event_id": e.event_id, "snapshot": None, "clip": None}
         st.update(camera_id=e.camera_id, query_id=e.query_id, query_text=e.query_text, start_ts=e.start_ts, end_ts=e.end_ts)
         return st
+
+    def handle_safely(self, e: GroundingEvent) -> None:
+        """One event's media; a failure (a bad frame, a full disk) is logged and recorded, never the worker's end."""
+        try:
+            self.handle(e)
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.error("event %s (camera %s): media failed: %s: %s", e.event_id, e.camera_id, type(exc).__name__, exc)
 
     def handle(self, e: GroundingEvent) -> None:
         st = self._status(e)
@@ -146,7 +157,13 @@ class MediaWorker:
             latest = preview_times(self.client, self.keys, e.camera_id, latest=True)
             if (latest and latest[0] >= due_ms) or self.now() * 1000 >= due_ms + CLIP_GRACE_S * 1000:
                 st = self._status(e)
-                st["clip"] = self.clip(e)
+                try:
+                    st["clip"] = self.clip(e)
+                except redis.RedisError:
+                    raise
+                except Exception as exc:  # recorded in the status; not retried forever
+                    log.error("event %s (camera %s): clip failed: %s: %s", event_id, e.camera_id, type(exc).__name__, exc)
+                    st["clip"] = {"state": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 st.pop("end_event", None)
                 st["updated_at"] = round(self.now(), 3)
                 self.store.write_status(event_id, st)

@@ -142,3 +142,18 @@ def test_prune_when_media_is_old_or_too_large_then_the_oldest_go(tmp_path):
     result = store.prune(now, max_age_s=7 * 86400, max_bytes=900_000)
     assert sorted(d.name for d in tmp_path.iterdir()) == ["ev2", "ev3"]
     assert (result.removed, result.kept, result.bytes) == (2, 2, 800_000)
+
+
+def test_handle_safely_when_a_preview_is_corrupt_then_logged_and_the_next_event_still_gets_media(redis_client, worker, caplog):
+    # given a preview overwritten with garbage at the newest box of one event
+    store_previews(redis_client, T0, T0 + 8)
+    bad = event("new")
+    redis_client.set(KEYS.preview("cam", int(round(bad.boxes[-1].ts * 1000))), b"not a jpeg")
+    # when the worker handles it, then a good event
+    worker.handle_safely(bad)
+    good = GroundingEvent(EventType.NEW, "ev2", "q1", "cam", "the white square", 0.9, T0 + 1, T0 + 2,
+                          (Box(T0 + 1.5, (200.0, 200.0, 280.0, 280.0)),), FRAME_WH, "cam:w2", "test")
+    worker.handle_safely(good)
+    # then the failure is one error line naming the event, and the next event's snapshot is made
+    assert any(r.levelname == "ERROR" and "ev1" in r.getMessage() for r in caplog.records)
+    assert worker.store.status("ev2")["snapshot"]["state"] == "ok"
