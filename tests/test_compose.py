@@ -11,13 +11,11 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ import pytest
 import yaml
 
 from stream.redis_server import free_port, redis_server_binary
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -150,16 +149,6 @@ class Chain:
 
     def log(self, name: str) -> str:
         return self.logs[name].read_text() if name in self.logs else ""
-
-
-def wait_until(predicate, timeout_s: float, step_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    return predicate()
 
 
 def test_compose_services_when_run_as_local_processes_then_the_chain_produces_an_event(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 
 from engine.service import DEMO_QUERIES, run_up
 from engine.settings import ServiceConfig
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -37,16 +38,6 @@ def _browser_missing() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
-
-
-def wait_for(predicate, timeout_s: float, what: str, step_s: float = 0.25):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 class Stack:
