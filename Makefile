@@ -22,6 +22,7 @@ test: $(STAMP)
 	@command -v redis-server >/dev/null || echo "note: redis-server not found; storage tests use the embedded Redis (apt-get install redis-server for Debian's)"
 	@command -v docker-compose >/dev/null || echo "note: docker-compose not found; the compose-file validation test is skipped (apt-get install docker-compose; no Docker engine needed)"
 	@command -v gst-launch-1.0 >/dev/null || echo "note: GStreamer not found; RTSP tests are skipped (apt-get install gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)"
+	@command -v chromedriver >/dev/null || echo "note: chromium/chromedriver not found; the dashboard's browser tests are skipped (apt-get install chromium chromium-driver)"
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 bench: $(STAMP)

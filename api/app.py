@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import cameras, events, queries
+from pathlib import Path
+
+from api import cameras, dashboard, events, media, queries
 from api.auth import TokenStore
 from api.context import READ, ApiContext, ctx
 from api.metrics import build_registry
@@ -37,14 +39,16 @@ def _loc_msg(e: dict) -> dict:
     return {"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "value_error")}
 
 
-def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None) -> FastAPI:
+def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None,
+               media_dir: str | Path | None = None) -> FastAPI:
     if client is None:
         raise TypeError("create_app needs a Redis client")
     settings = settings or ApiSettings()
     app = FastAPI(title="SpaceVLLM grounding service", version="1",
                   description="Standing natural-language queries on live cameras; grounding events (when and where).")
     app.state.ctx = ApiContext(client, keys, settings, tokens or TokenStore(), EventFeed(client, keys),
-                               QueryRegistry(client, keys), CameraRegistry(client, keys))
+                               QueryRegistry(client, keys), CameraRegistry(client, keys),
+                               Path(media_dir) if media_dir else None)
     limiter_box: list = []
 
     def stream_limiter() -> anyio.CapacityLimiter:  # made inside the event loop, on first use
@@ -99,6 +103,8 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
 
     app.include_router(queries.router)
     app.include_router(cameras.router)
+    app.include_router(media.router)  # before events: /v1/events/{id}/... paths
     app.include_router(events.router)
+    dashboard.mount(app)
     app.state.started = time.time()
     return app

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from fastapi import Depends, HTTPException, Request
@@ -24,6 +25,7 @@ class ApiContext:
     feed: EventFeed
     queries: QueryRegistry
     cameras: CameraRegistry
+    media_dir: Path | None = None  # event media (snapshots, clips) made by the media worker
 
 
 def ctx(request: Request) -> ApiContext:

@@ -69,10 +69,11 @@ class ApiServer:
     settings: ApiSettings
     tokens: TokenStore
     stop: threading.Event
+    media_dir: Path | None = None  # event media served under /v1/events/{id}/ (the media worker writes it)
 
     def __post_init__(self) -> None:
         check_exposure(self.settings.host, self.tokens)
-        self.app = create_app(self.client, self.keys, self.settings, self.tokens)
+        self.app = create_app(self.client, self.keys, self.settings, self.tokens, self.media_dir)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,6 +133,6 @@ class ApiServer:
 
 
 def build_server(client: redis.Redis, keys: Keys, settings: ApiSettings, data_dir: str | None,
-                 stop: threading.Event | None = None) -> ApiServer:
+                 stop: threading.Event | None = None, media_dir: Path | None = None) -> ApiServer:
     tokens = TokenStore.load(tokens_path(settings, data_dir))
-    return ApiServer(client, keys, settings, tokens, stop or threading.Event())
+    return ApiServer(client, keys, settings, tokens, stop or threading.Event(), media_dir)

@@ -37,6 +37,7 @@ from engine.queries import QueryRegistry, StandingQuery, Webhook
 from engine.settings import ApiSettings
 from engine.telemetry import RedisCounters, field_name
 from stream.keys import Keys
+from stream.redis_link import RedisLink
 from stream.urls import url_origin
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class WebhookDispatcher:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, block_ms: int = 1000) -> None:
-        backoff = 0.5
+        link = RedisLink("webhook dispatcher")
         try:
             while not self.stop_event.is_set():
                 try:
@@ -90,12 +91,10 @@ class WebhookDispatcher:
                         self.stop_event.wait(LOCK_TTL_MS / 3000)
                         continue
                     self.step(block_ms)
-                    backoff = 0.5
+                    link.ok()
                 except redis.RedisError as exc:
-                    log.warning("webhooks: Redis unavailable (%s); retrying in %.1f s", exc, backoff)
                     self._holding = False
-                    self.stop_event.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    self.stop_event.wait(link.failed(exc))
         finally:
             self.teardown()
 

@@ -5,7 +5,8 @@ sensor noise, no B-frames, GOP 2 s).
     .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3] [--resolution 720p]
 
 Limit = decode only, nothing converted. Full path = decode, timestamp, sample at 2 fps, convert + resize the kept
-frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded).
+frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded); with previews (the default since issue 13)
+also a 640 px JPEG of each kept frame (scaled from the decoder's YUV too); both are reported.
 """
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ def decode_only(path: Path, threads: int, rgb: bool = False) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def full_path(path: Path, url: str, prefix: str, cameras: int = 1) -> float:
+def full_path(path: Path, url: str, prefix: str, cameras: int = 1, preview_size: int = 640) -> float:
     client = connect(url)
     cams = [CameraSettings(id=f"c{k}", url=f"file://{path}", realtime=False) for k in range(cameras)]
-    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2))
+    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2,
+                                                                   preview_size=preview_size))
     t0 = time.perf_counter()
     svc.run(install_signals=False)
     dt = time.perf_counter() - t0
@@ -80,11 +82,12 @@ def main() -> None:
     path = demo_clip(args.resolution, seconds=args.seconds)
     server = EmbeddedRedis.start(tmp / "redis", appendonly=False)
     try:
-        raw, rgb, full, raw1 = [], [], [], []
+        raw, rgb, full, bare, raw1 = [], [], [], [], []
         for r in range(args.repeats):  # interleaved, so all see the same machine load
             raw.append(decode_only(path, 0))
             rgb.append(decode_only(path, 0, rgb=True))
             full.append(full_path(path, server.url, f"b{r}:"))
+            bare.append(full_path(path, server.url, f"n{r}:", preview_size=0))
             raw1.append(decode_only(path, 1))
         med = statistics.median
         print(f"{args.resolution}25 H.264 demo scene ({path.stat().st_size * 8 / args.seconds / 1e6:.1f} Mbit/s), "
@@ -92,7 +95,8 @@ def main() -> None:
         print(f"{'path':<44} | {'frames/s':>9} | {'ratio':>6}")
         print(f"{'PyAV decode only (the limit)':<44} | {med(raw):>9.1f} | {1.0:>6.2f}")
         print(f"{'decode + RGB of every frame (old path)':<44} | {med(rgb):>9.1f} | {med(rgb) / med(raw):>6.2f}")
-        print(f"{'full ingest path':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
+        print(f"{'full ingest path, with 640 px previews':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
+        print(f"{'full ingest path, previews off':<44} | {med(bare):>9.1f} | {med(bare) / med(raw):>6.2f}")
         print(f"{'decode only, 1 decoder thread':<44} | {med(raw1):>9.1f} |")
         print(f"real-time 720p25 cameras per core (1 decoder thread, full path ~ decode): {med(raw1) * med(full) / med(raw) / 25:.1f}")
         th = full_path(path, server.url, "t:", cameras=2)

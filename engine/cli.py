@@ -81,24 +81,40 @@ def calibrate(model_dir, samples) -> None:
 
 
 @main.command("eval")
-@click.option("--format", "fmt", required=True, type=click.Choice(["hcstvg", "vidstg", "charades", "refcoco"]))
-@click.option("--anno", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--videos", required=True, type=click.Path(exists=True, file_okay=False), help="Videos (or images for refcoco).")
+@click.option("--suite", type=click.Choice(["grounding", "swaps"]), default="grounding", show_default=True,
+              help="grounding: metrics on annotated videos; swaps: attribute-swap rejection and ranking on rendered clips.")
+@click.option("--format", "fmt", type=click.Choice(["hcstvg", "vidstg", "charades", "refcoco"]), help="(grounding)")
+@click.option("--anno", type=click.Path(exists=True, dir_okay=False), help="(grounding)")
+@click.option("--videos", type=click.Path(exists=True, file_okay=False), help="Videos (or images for refcoco). (grounding)")
 @click.option("--model", "model_dir", default=None, help="Model directory (default: the shipped models/tiny).")
 @click.option("--out", default="eval-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--threshold", type=float, default=None, help="Match threshold (default: the model's calibrated one).")
-@click.option("--limit", type=int, default=None)
-def eval_cmd(fmt, anno, videos, model_dir, out, threshold, limit) -> None:
-    """Evaluate on annotations in a standard format; writes metrics.json and predictions.json."""
+@click.option("--limit", type=int, default=None, help="(grounding)")
+@click.option("--n", "n_clips", default=200, show_default=True, help="Clips to render. (swaps)")
+@click.option("--seed", default=11, show_default=True, help="Seed of the rendered clips. (swaps)")
+@click.option("--style-shift", is_flag=True, help="Render through a camera style training never shows. (swaps)")
+def eval_cmd(suite, fmt, anno, videos, model_dir, out, threshold, limit, n_clips, seed, style_shift) -> None:
+    """Evaluate a model; writes metrics.json and predictions.json (grounding) or swaps.json (swaps).
+
+    A style-shifted grounding set: `spacevllm make-eval-set --style-shift`."""
     import json as _json
 
     from engine.data.formats import FormatError
-    from engine.evaluate import evaluate
     from engine.model.checkpoint import CheckpointError
     from engine.settings import DEFAULT_MODEL_DIR
 
     try:
-        result = evaluate(fmt, anno, videos, model_dir or DEFAULT_MODEL_DIR, out, threshold, limit)
+        if suite == "swaps":
+            from engine.swaps import run_swaps
+
+            result = run_swaps(model_dir or DEFAULT_MODEL_DIR, n_clips, seed, out, threshold, style_shift)
+        else:
+            missing = [name for name, v in (("--format", fmt), ("--anno", anno), ("--videos", videos)) if v is None]
+            if missing:
+                raise click.UsageError(f"--suite grounding needs {', '.join(missing)}")
+            from engine.evaluate import evaluate
+
+            result = evaluate(fmt, anno, videos, model_dir or DEFAULT_MODEL_DIR, out, threshold, limit)
     except (FormatError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(_json.dumps(result, indent=2))
@@ -110,14 +126,16 @@ def eval_cmd(fmt, anno, videos, model_dir, out, threshold, limit) -> None:
 @click.option("--seed", default=1, show_default=True)
 @click.option("--seconds", default=8.0, show_default=True)
 @click.option("--negative-rate", default=0.2, show_default=True)
-def make_eval_set(out, n, seed, seconds, negative_rate) -> None:
+@click.option("--style-shift", is_flag=True,
+              help="The same scenes and captions through a camera style training never shows (noise, blur, tone, JPEG, CRF).")
+def make_eval_set(out, n, seed, seconds, negative_rate, style_shift) -> None:
     """Render held-out synthetic clips in HC-STVG format (<out>/anno.json, <out>/videos/*.mp4)."""
     from tqdm import tqdm
 
     from engine.data.formats import write_hcstvg_clips
 
     bar = tqdm(total=n, desc="render")
-    path = write_hcstvg_clips(out, n, seed, seconds, negative_rate, progress=lambda i: bar.update(1))
+    path = write_hcstvg_clips(out, n, seed, seconds, negative_rate, progress=lambda i: bar.update(1), style_shift=style_shift)
     bar.close()
     click.echo(path)
 
@@ -280,11 +298,39 @@ def serve(config_path, host, port) -> None:
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir)
+        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir, media_dir=cfg.media_dir())
     except ExposureError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
     server.serve_forever()
+
+
+@main.command()
+@config_option
+@health_port_option
+def media(config_path, health_port) -> None:
+    """Event media: follow the event feed; a snapshot per event, a clip when it ends (files under media.dir)."""
+    import signal
+    import threading
+
+    from engine.media import MediaWorker
+    from engine.media_store import MediaStore
+    from engine.service import ServiceError, open_redis
+
+    cfg = _service_config(config_path)
+    if not cfg.redis.url:
+        raise click.ClickException("the media worker needs a shared Redis: set redis.url or REDIS_URL")
+    try:
+        client, _, _ = open_redis(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = MediaWorker(client, cfg.redis.keys(), cfg.media, MediaStore(cfg.media_dir()), stop)
+    _serve_healthz(health_port, lambda: not stop.is_set())
+    click.echo(f"media worker: media in {cfg.media_dir()}")
+    worker.run()
 
 
 @main.group()

@@ -60,22 +60,32 @@ def densify(sampled_idx: list[int], boxes_xyxy: np.ndarray, first: int, last: in
     return out
 
 
+def window_prefix(model, rgb_frames: list[np.ndarray], timestamps_s: list[float]):
+    """The shared window prefix of sampled RGB frames (any size; resized to the model's input here)."""
+    size = model.config.vision.image_size
+    px = torch.from_numpy(np.stack([resize(f, size) for f in rgb_frames])).permute(0, 3, 1, 2).float() / 255.0
+    return model.encode_window(px, list(timestamps_s))
+
+
 def predict_video(model, frames: list[av.VideoFrame], fps: float, caption: str, task: str = "stvg") -> Prediction:
     """The model's answer, always with a span and boxes (the caller applies the threshold to `score`)."""
     n = len(frames)
     w, h = frames[0].width, frames[0].height
     idx = sample_indices(n, model.config.max_frames)
-    size = model.config.vision.image_size
-    rgb = [resize(frames[i].to_ndarray(format="rgb24"), size) for i in idx]
-    px = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255.0
-    ts = [i / fps for i in idx]
-    g = model.ground(model.encode_window(px, ts), [caption], task=task)[0]
+    prefix = window_prefix(model, [frames[i].to_ndarray(format="rgb24") for i in idx], [i / fps for i in idx])
+    g = model.ground(prefix, [caption], task=task)[0]
     s, e = g.span_s
     first = min(n - 1, max(0, int(np.ceil(s * fps - 1e-6))))
     last = min(n - 1, max(first, int(np.floor(e * fps + 1e-6))))
     boxes = cxcywh_to_xyxy(g.all_boxes_cxcywh.numpy().astype(np.float64)).clip(0, 1) * np.array([w, h, w, h])
     dense = densify(idx, boxes, first, last)
-    return Prediction(g.score, (first + 1, last + 1), (s, e), {f + 1: b for f, b in dense.items()})
+    return Prediction(g.score, (first + 1, last + 1), (s, e), {f + 1: written_box(b) for f, b in dense.items()})
+
+
+def written_box(xyxy) -> list[float]:
+    """A box as predictions.json holds it (0.1 px). Metrics are computed from these same values, so that any
+    evaluator run on the file agrees with metrics.json."""
+    return [round(float(v), 1) for v in xyxy]
 
 
 def baseline_prediction(item: GroundingItem, n: int, wh: tuple[int, int], mean_wh_norm: tuple[float, float]) -> Prediction:
@@ -125,7 +135,7 @@ def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Pa
         scored.append((full.score, _score(it, full, fps), _score(it, Prediction(full.score, None, None, {}), fps)))
         if pred.span is not None:
             predictions[it.vid] = {"st_frame": pred.span[0], "ed_frame": pred.span[1],
-                                   "bbox": {str(f): [round(v, 1) for v in b] for f, b in pred.boxes.items()}}
+                                   "bbox": {str(f): b for f, b in pred.boxes.items()}}
     metrics = {key: _summary(fmt, r) for key, r in rows.items()}
     metrics["model"]["latency_ms_median"] = float(np.median(latencies) * 1000) if latencies else 0.0
     sweep = {f"{t:.2f}": _summary(fmt, [hit if s >= t else miss for s, hit, miss in scored])
@@ -148,7 +158,7 @@ def _predict_image(model, image: np.ndarray, caption: str) -> Prediction:
     px = torch.from_numpy(resize(image, size)).permute(2, 0, 1)[None].float() / 255.0
     g = model.ground_from_scratch(px, [], caption, task="rec")
     box = cxcywh_to_xyxy(g.all_boxes_cxcywh[0].numpy().astype(np.float64)).clip(0, 1) * np.array([w, h, w, h])
-    return Prediction(g.score, (1, 1), (0.0, 0.0), {1: box.tolist()})
+    return Prediction(g.score, (1, 1), (0.0, 0.0), {1: written_box(box)})
 
 
 def _score(it: GroundingItem, p: Prediction, fps: float) -> dict:

@@ -104,13 +104,25 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
     tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
     try:
-        server = ApiServer(client, keys, cfg.api, tokens, stop).start()
+        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir()).start()
     except ExposureError as exc:
         echo(f"API not started: {exc}")
         return None
     echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")
+    echo(f"Dashboard: {server.url}/  (open it in a browser; paste the admin token, \"echo {shell_token}\", into its token field)")
     echo(f"  curl -H \"Authorization: Bearer {shell_token}\" '{server.url}/v1/events?limit=5'")
     return server
+
+
+def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event) -> threading.Thread:
+    """`up`'s media worker (snapshots and clips of events, under `media.dir`) in a thread."""
+    from engine.media import MediaWorker
+    from engine.media_store import MediaStore
+
+    worker = MediaWorker(client, keys, cfg.media, MediaStore(cfg.media_dir()), stop)
+    thread = threading.Thread(target=worker.run, name="media", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_engine_model(cfg: ServiceConfig):
@@ -185,7 +197,21 @@ def engine_role(control, cfg: ServiceConfig, url: str, echo: Callable[[str], Non
     engine.run()
 
 
-def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None) -> None:
+def _for_child(echo: Callable[[str], None]) -> Callable[[str], None]:
+    """`echo` if it can cross into the engine process (a module-level function such as click.echo), else click.echo."""
+    import pickle
+
+    import click
+
+    try:
+        pickle.dumps(echo)
+        return echo
+    except Exception:  # a lambda or closure: the engine process prints its events itself
+        return click.echo
+
+
+def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None,
+           shutdown: threading.Event | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
     worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
 
@@ -196,12 +222,13 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     Redis. Every exit path stops what was started."""
     loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
     del loaded  # the engine process loads its own copy
-    shutdown = threading.Event()
+    shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
-    server = api_server = None
+    server = api_server = media_thread = None
+    media_stop = threading.Event()
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
@@ -223,8 +250,10 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} threads); Ctrl-C stops")
         # ---- the HTTP API (issue 12): its own block; stopped first on the way out
         api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
+        # ---- event media (issue 13): its own block; stopped with the API
+        media_thread = start_media(cfg, client, keys, media_stop) if cfg.media.enabled else None
         # ---- ingest and the engine: separate processes with their own thread budgets (issue 14)
-        roles.start("engine", engine_role, (cfg, url, echo), threads=engine_threads)
+        roles.start("engine", engine_role, (cfg, url, _for_child(echo)), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not shutdown.wait(0.2):
@@ -236,6 +265,9 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     finally:
         if api_server is not None:
             api_server.close()
+        media_stop.set()
+        if media_thread is not None:
+            media_thread.join(timeout=10)
         roles.stop("ingest", timeout_s=15.0)
         # after ingest: its cameras are stopped; the engine finishes their windows and ends their events
         if not roles.finish("engine", timeout_s=30.0):

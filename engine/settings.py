@@ -61,6 +61,22 @@ class ApiSettings(Strict):
     webhook_backoff_s: float = Field(0.5, gt=0)  # doubled per attempt, capped at 30 s
 
 
+class MediaSettings(Strict):
+    """Event media (the media worker, `spacevllm media`; `up` starts it too): a snapshot per event and a clip when it
+    ends, rendered from the preview frames (windows.preview_size) into files under `dir`."""
+
+    enabled: bool = True  # `up` starts the media worker
+    dir: str | None = None  # None: <data_dir>/media (the API serves from the same directory)
+    pre_s: float = Field(2.0, ge=0, le=60)  # clip padding before the event's start
+    post_s: float = Field(2.0, ge=0, le=60)  # and after its end (the clip waits until those frames exist)
+    retention_s: float = Field(7 * 86400, gt=0)  # media older than this is deleted
+    max_bytes: int = Field(2 * 1024**3, ge=1024**2)  # and the oldest go first beyond this total size
+    snapshot_quality: int = Field(85, ge=1, le=95)
+    clip_crf: int = Field(28, ge=0, le=51)  # libx264 constant rate factor (higher: smaller files)
+    block_ms: int = Field(1000, ge=10)
+    heartbeat_s: float = Field(2.0, gt=0)
+
+
 class ServiceConfig(Strict):
     data_dir: str | None = None  # None: $SVL_DATA_DIR, else ~/.local/share/spacevllm (see default_data_dir)
     redis: RedisSettings = RedisSettings()
@@ -70,6 +86,10 @@ class ServiceConfig(Strict):
     engine: EngineSettings = EngineSettings()
     queries: list[QuerySpec] = []  # the one query schema (engine/queries.py), seeded by up, engine and ingest
     api: ApiSettings = ApiSettings()
+    media: MediaSettings = MediaSettings()
+
+    def media_dir(self) -> Path:
+        return Path(self.media.dir) if self.media.dir else Path(self.data_dir or default_data_dir()) / "media"
 
 
 class ConfigError(ValueError):

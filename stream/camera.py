@@ -17,6 +17,7 @@ from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.imagecodec import encode_image
 from stream.keys import Keys
+from stream.preview import preview_jpeg
 from stream.redis_link import RedisLink, backoff_delay
 from stream.sources import RawFrame, SourceEnded, SourceError, open_source
 from stream.store import WindowStore
@@ -199,6 +200,9 @@ class CameraWorker(threading.Thread):
         try:
             pipe = self.client.pipeline(transaction=False)
             self.store.put_frame(self.settings.id, ts_ms, data, pipeline=pipe)
+            if self.windows.preview_size:  # issue 13: the preview JPEG of the same frame, beside it (scaled from YUV)
+                jpeg = preview_jpeg(raw.preview(self.windows.preview_size), self.windows.preview_size, self.windows.preview_quality)
+                self.store.put_preview(self.settings.id, ts_ms, jpeg, pipeline=pipe)
             for spec in specs:
                 self.store.add_window(Window(self.settings.id, spec.start_ms, spec.end_ms, spec.frames_ms, (w, h),
                                              self.windows.input_size, self._live), pipeline=pipe)

@@ -32,6 +32,8 @@ class WindowSettings(Strict):
     image_format: Literal["png", "jpeg"] = "png"
     frame_ttl_seconds: float = Field(60.0, gt=0)  # must exceed the window span
     windows_maxlen: int = Field(10_000, ge=10)  # XADD MAXLEN ~
+    preview_size: int = Field(640, ge=0, le=4096)  # preview JPEG's longest side (never upscaled); 0: no previews
+    preview_quality: int = Field(80, ge=1, le=95)  # preview JPEG quality
 
 
 class CameraSettings(Strict):

@@ -87,6 +87,16 @@ class Keys:
     def health(self, camera_id: str) -> str:
         return f"{self.prefix}{{{camera_id}}}:health"
 
+    def preview(self, camera_id: str, ts_ms: int) -> str:
+        """The preview JPEG of the sampled frame at `ts_ms` (what people look at; `frame` is the model's input).
+        Same timestamp, same TTL and the same "stored once, windows reference it" rule as `frame`."""
+        return f"{self.prefix}{{{camera_id}}}:preview:{ts_ms}"
+
+    def preview_index(self, camera_id: str) -> str:
+        """Sorted set of the camera's preview timestamps (score = member = ts_ms), trimmed to the frame TTL: the
+        latest preview and the previews of a time range without SCAN."""
+        return f"{self.prefix}{{{camera_id}}}:previews"
+
     # ---- a shard's slot (windows, lifecycle, events) -------------------------------------
     def windows(self, shard: int) -> str:
         """The shard's window stream (consumer group `engine.group`)."""
@@ -155,6 +165,10 @@ class Keys:
     def webhook_lock(self) -> str:
         """Held (SET NX PX, renewed) by the one API process that delivers webhooks."""
         return f"{self.prefix}webhooks:lock"
+
+    def media_cursor(self) -> str:
+        """The event feed position up to which the media worker made snapshots and clips."""
+        return f"{self.prefix}media:cursor"
 
     def webhook_dead(self) -> str:
         """Deliveries given up after the last retry (capped stream: query, url, event id, error)."""

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from stream.imagecodec import resize
+from stream.preview import preview_wh
 from stream.scenes import Scene, SceneObject, random_scene, render_frame
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,14 @@ class RawFrame:
         if self.frame is not None:
             return self.frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
         return resize(self.image, size)
+
+    def preview(self, longest_side: int) -> np.ndarray:
+        """The preview image (longest side at most `longest_side`, even sides), RGB uint8: from the decoder's YUV in
+        one scaler call (area), no full-size RGB; a synthetic frame is returned whole (`preview_jpeg` scales it)."""
+        if self.frame is None:
+            return self.image
+        w, h = preview_wh((self.frame.width, self.frame.height), longest_side)
+        return self.frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
 
     def rgb(self) -> np.ndarray:
         """The full-size RGB image (converted on demand)."""

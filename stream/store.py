@@ -24,6 +24,18 @@ class WindowStore:
     def put_frame(self, camera_id: str, ts_ms: int, data: bytes, pipeline=None) -> None:
         (pipeline or self.client).set(self.keys.frame(camera_id, ts_ms), data, px=self.frame_ttl_ms)
 
+    def put_preview(self, camera_id: str, ts_ms: int, data: bytes, pipeline=None) -> None:
+        """The preview JPEG of a sampled frame, with the frame's TTL, and its timestamp in the camera's preview index
+        (trimmed to the same TTL). All keys are in the camera's slot."""
+        p = pipeline or self.client.pipeline(transaction=False)
+        index = self.keys.preview_index(camera_id)
+        p.set(self.keys.preview(camera_id, ts_ms), data, px=self.frame_ttl_ms)
+        p.zadd(index, {str(ts_ms): ts_ms})
+        p.zremrangebyscore(index, "-inf", f"({ts_ms - self.frame_ttl_ms}")
+        p.pexpire(index, self.frame_ttl_ms)
+        if pipeline is None:
+            p.execute()
+
     def add_window(self, window: Window, pipeline=None) -> None:
         (pipeline or self.client).xadd(self.keys.windows_for(window.camera_id), window.to_fields(), maxlen=self.windows_maxlen,
                                        approximate=True)
@@ -32,3 +44,15 @@ class WindowStore:
         """The window's encoded frames in order; None where a frame has expired."""
         keys = [self.keys.frame(window.camera_id, ts) for ts in window.frames_ms]
         return self.client.mget(keys) if keys else []  # one slot: the camera's tag
+
+
+def preview_times(client: redis.Redis, keys: Keys, camera_id: str, start_ms: int | None = None,
+                  end_ms: int | None = None, latest: bool = False) -> list[int]:
+    """Timestamps (ms) of a camera's stored previews in [start_ms, end_ms], oldest first; with `latest`, only the
+    newest one. Some may have expired since they were indexed: a GET of the preview then returns None."""
+    index = keys.preview_index(camera_id)
+    if latest:
+        raw = client.zrevrange(index, 0, 0)
+    else:
+        raw = client.zrangebyscore(index, "-inf" if start_ms is None else start_ms, "+inf" if end_ms is None else end_ms)
+    return [int(r) for r in raw]

@@ -11,13 +11,11 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,11 +23,12 @@ import pytest
 import yaml
 
 from stream.redis_server import free_port, redis_server_binary
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV = {"REDIS_PASSWORD": "compose-test-redis-pw", "SVL_API_TOKEN": "compose-test-admin-token"}
-CHAIN = ["ingest", "engine", "api"]
+CHAIN = ["ingest", "engine", "media", "api"]
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
@@ -52,7 +51,7 @@ def test_compose_file_when_validated_by_docker_compose_then_valid():
     assert r.returncode == 0, r.stderr
     services = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "--services"], env=env, capture_output=True,
                               text=True).stdout.split()
-    assert set(services) == {"redis", "ingest", "engine", "api", "engine-gpu"}
+    assert set(services) == {"redis", "ingest", "engine", "media", "api", "engine-gpu"}
     # a secret left unset is refused with its message
     r = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env={"PATH": os.environ["PATH"]},
                        capture_output=True, text=True)
@@ -83,7 +82,7 @@ class Chain:
         self.spec = yaml.safe_load(COMPOSE.read_text())
         self.tmp = tmp
         self.redis_port = free_port()
-        self.ports = {p: free_port() for p in (8080, 8081, 8082)}  # each container has its own network
+        self.ports = {p: free_port() for p in (8080, 8081, 8082, 8083)}  # each container has its own network
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
@@ -113,7 +112,9 @@ class Chain:
     def environment(self, name: str) -> dict[str, str]:
         env = {k: self.map_ports(interpolate(str(v), ENV)) for k, v in self.spec["services"][name].get("environment", {}).items()}
         if "SVL_DATA_DIR" in env:
-            env["SVL_DATA_DIR"] = str(self.tmp / f"data-{name}")
+            # services that mount the shared media volume (media, api) share one data dir here, like the volume there
+            shared = any(str(v).startswith("media-data:") for v in self.spec["services"][name].get("volumes", []))
+            env["SVL_DATA_DIR"] = str(self.tmp / ("data-shared" if shared else f"data-{name}"))
         return {"PATH": os.environ["PATH"], "HOME": str(self.tmp), "PYTHONPATH": str(ROOT), **env}
 
     def start(self, name: str) -> None:
@@ -150,16 +151,6 @@ class Chain:
         return self.logs[name].read_text() if name in self.logs else ""
 
 
-def wait_until(predicate, timeout_s: float, step_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    return predicate()
-
-
 def test_compose_services_when_run_as_local_processes_then_the_chain_produces_an_event(tmp_path):
     chain = Chain(tmp_path)
     try:
@@ -190,6 +181,12 @@ def test_compose_services_when_run_as_local_processes_then_the_chain_produces_an
         events = wait_until(an_event, 120)
         assert events, "\n".join(f"--- {n}\n{chain.log(n)[-3000:]}" for n in CHAIN)
         assert events[0]["camera_id"] == "demo" and events[0]["query_id"] in {"red-circle", "yellow-triangle", "blue-square"}
+        # and the media service made its snapshot, which the api serves from the shared media volume
+        def a_snapshot():
+            r = httpx.get(f"{api}/v1/events/{events[0]['event_id']}/snapshot.jpg", headers=headers, timeout=5)
+            return r.status_code == 200 and r.content[:2] == b"\xff\xd8"
+
+        assert wait_until(a_snapshot, 30), chain.log("media")[-3000:]
         cams = httpx.get(f"{api}/v1/cameras", headers=headers, timeout=5).json()
         assert cams[0]["id"] == "demo" and cams[0]["health"]["state"] == "running"
         # and the Redis password appears in no service's output

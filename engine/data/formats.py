@@ -119,43 +119,74 @@ def read_refcoco(anno: str | Path, images: str | Path) -> list[GroundingItem]:
 READERS = {"hcstvg": read_hcstvg, "vidstg": read_vidstg, "charades": read_charades, "refcoco": read_refcoco}
 
 
+@dataclass(frozen=True)
+class ClipSpec:
+    """One held-out clip before rendering: its scene, caption and target (None: a negative)."""
+
+    scene: object
+    caption: str
+    target: object | None
+    fps: int
+    n_frames: int
+    frames_present: tuple[int, ...]  # 0-based frames where the target is visible
+
+
+def draw_clip(rng, seconds: float, negative_rate: float, fps_choices=(10, 12, 15)) -> ClipSpec:
+    """A scene of spec v1 at a random resolution and frame rate, with an unambiguous caption (or a negative one)."""
+    from engine.data.synthetic import negative_caption
+    from stream.scenes import RESOLUTIONS_WH, box_at, random_scene, unambiguous_caption
+
+    w, h = RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
+    fps = int(fps_choices[int(rng.integers(len(fps_choices)))])
+    n_frames = int(round(seconds * fps))
+    while True:
+        scene = random_scene(rng, seconds, (w, h))
+        if rng.random() < negative_rate:
+            caption, target = negative_caption(scene, rng), None
+        else:
+            target = scene.objects[int(rng.integers(len(scene.objects)))]
+            caption = unambiguous_caption(target, tuple(o for o in scene.objects if o is not target), rng)
+            if caption is None:
+                continue
+        present = tuple(k for k in range(n_frames) if target is not None and box_at(target, k / fps, w, h) is not None)
+        if target is not None and not present:
+            continue
+        return ClipSpec(scene, caption, target, fps, n_frames, present)
+
+
 def write_hcstvg_clips(out: str | Path, n: int, seed: int = 0, seconds: float = 8.0, negative_rate: float = 0.2,
-                       fps_choices=(10, 12, 15), progress=lambda i: None) -> Path:
-    """Render `n` held-out clips (real H.264 MP4s, varied resolution and background) plus `anno.json`."""
+                       fps_choices=(10, 12, 15), progress=lambda i: None, style_shift: bool = False) -> Path:
+    """Render `n` held-out clips (real H.264 MP4s, varied resolution and background) plus `anno.json`.
+
+    `style_shift`: the same scenes and captions as without it (its draws come from a separate generator), through
+    a camera style the training data never shows (`engine.data.style_shift`)."""
     import av
     import numpy as np
 
-    from engine.data.synthetic import negative_caption
-    from stream.scenes import RESOLUTIONS_WH, box_at, random_scene, render_frame, unambiguous_caption
+    from engine.data.style_shift import StyleShift
+    from stream.scenes import box_at, render_frame
 
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     anno = {}
     for i in range(n):
         rng = np.random.default_rng([seed, 7919, i])
-        w, h = RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
-        fps = int(fps_choices[int(rng.integers(len(fps_choices)))])
-        n_frames = int(round(seconds * fps))
-        while True:
-            scene = random_scene(rng, seconds, (w, h))
-            if rng.random() < negative_rate:
-                caption, target = negative_caption(scene, rng), None
-            else:
-                target = scene.objects[int(rng.integers(len(scene.objects)))]
-                caption = unambiguous_caption(target, tuple(o for o in scene.objects if o is not target), rng)
-                if caption is None:
-                    continue
-            frames_present = [k for k in range(n_frames) if target is not None and box_at(target, k / fps, w, h) is not None]
-            if target is not None and not frames_present:
-                continue
-            break
+        spec = draw_clip(rng, seconds, negative_rate, fps_choices)
+        scene, caption, target, fps, n_frames = spec.scene, spec.caption, spec.target, spec.fps, spec.n_frames
+        w, h = scene.width, scene.height
+        style_rng = np.random.default_rng([seed, 7919, i, 1])
+        style = StyleShift.draw(style_rng) if style_shift else None
         vid = f"syn{seed:03d}_{i:05d}"
         with av.open(str(out / "videos" / f"{vid}.mp4"), "w") as c:
             st = c.add_stream("libx264", rate=fps)
             st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-            st.options = {"crf": str(int(rng.integers(20, 32))), "preset": "ultrafast"}
+            crf = int(rng.integers(20, 32))
+            st.options = {"crf": str(style.crf if style else crf), "preset": "ultrafast"}
             for k in range(n_frames):
-                for pkt in st.encode(av.VideoFrame.from_ndarray(render_frame(scene, k / fps, rng), format="rgb24")):
+                frame = render_frame(scene, k / fps, rng)
+                if style is not None:
+                    frame = style.apply(frame, style_rng)
+                for pkt in st.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     c.mux(pkt)
             for pkt in st.encode():
                 c.mux(pkt)
@@ -163,6 +194,7 @@ def write_hcstvg_clips(out: str | Path, n: int, seed: int = 0, seconds: float = 
         if target is None:
             entry["negative"] = True
         else:
+            frames_present = spec.frames_present
             st_f, ed_f = frames_present[0], frames_present[-1]
             boxes = []
             for k in range(st_f, ed_f + 1):

@@ -99,28 +99,44 @@ def target_labels(scene: Scene, target, timestamps_s) -> tuple[np.ndarray, np.nd
 NEAR_MISS_ATTRIBUTES = {"colour": 0.4, "direction": 0.3, "shape": 0.2, "size": 0.1}
 
 
-def near_miss_caption(scene: Scene, text: str, rng: np.random.Generator, with_motion: bool = True) -> str | None:
-    """`text` (a caption of the grammar) with one attribute changed, so that it names no object of `scene`: colour
-    40%, direction 30% (added when the caption has none), shape 20%, size 10% (likewise). None if the drawn
-    change names an object of the scene. `with_motion` False (REC images) never touches direction."""
+def parse_caption(text: str) -> tuple[str | None, str, str, str | None]:
+    """(size, colour, shape, direction) of a caption of the grammar; direction "still" for "standing still"."""
     words = text.split()[1:]
     size = words.pop(0) if words[0] in SIZES else None
     colour, shape = words[0], words[1]
     direction = None if len(words) < 3 else ("still" if words[2] == "standing" else words[3])
-    names = [n for n in NEAR_MISS_ATTRIBUTES if with_motion or n != "direction"]
-    p = np.asarray([NEAR_MISS_ATTRIBUTES[n] for n in names])
-    which = names[int(rng.choice(len(names), p=p / p.sum()))]
-    if which == "colour":
+    return size, colour, shape, direction
+
+
+def swap_attribute(scene: Scene, text: str, attribute: str, rng: np.random.Generator,
+                   with_motion: bool = True) -> str | None:
+    """`text` with `attribute` (colour, shape, size or direction) changed to a value drawn by `rng` so that the
+    caption names no object of `scene`; size and direction are added when the caption has none. None when the
+    drawn value names an object of the scene."""
+    size, colour, shape, direction = parse_caption(text)
+    if attribute == "colour":
         colour = str(rng.choice([c for c in COLOURS if c != colour]))
-    elif which == "shape":
+    elif attribute == "shape":
         shape = str(rng.choice([s for s in SHAPES if s != shape]))
-    elif which == "size":
+    elif attribute == "size":
         size = "small" if size == "large" else "large" if size == "small" else str(rng.choice(list(SIZES)))
-    else:
+    elif attribute == "direction":
         direction = str(rng.choice([d for d in DIRECTIONS if d != direction]))
+    else:
+        raise ValueError(f"unknown attribute {attribute!r}")
     if any(matches(o, colour, shape, size, direction) for o in scene.objects):
         return None
     return make_caption(colour, shape, size, direction if with_motion else None)
+
+
+def near_miss_caption(scene: Scene, text: str, rng: np.random.Generator, with_motion: bool = True) -> str | None:
+    """`text` (a caption of the grammar) with one attribute changed, so that it names no object of `scene`: colour
+    40%, direction 30% (added when the caption has none), shape 20%, size 10% (likewise). None if the drawn
+    change names an object of the scene. `with_motion` False (REC images) never touches direction."""
+    names = [n for n in NEAR_MISS_ATTRIBUTES if with_motion or n != "direction"]
+    p = np.asarray([NEAR_MISS_ATTRIBUTES[n] for n in names])
+    which = names[int(rng.choice(len(names), p=p / p.sum()))]
+    return swap_attribute(scene, text, which, rng, with_motion)
 
 
 def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative_rate: float = 0.2,

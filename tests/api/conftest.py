@@ -33,9 +33,9 @@ class RunningApi:
         return httpx.Client(base_url=self.url, headers=auth(scope) if scope else {}, timeout=10, **kw)
 
 
-def start_api(redis_client, **settings) -> ApiServer:
+def start_api(redis_client, media_dir=None, **settings) -> ApiServer:
     s = ApiSettings(port=0, sse_heartbeat_s=settings.pop("sse_heartbeat_s", 1.0), **settings)
-    return ApiServer(redis_client, KEYS, s, token_store(), threading.Event()).start()
+    return ApiServer(redis_client, KEYS, s, token_store(), threading.Event(), media_dir).start()
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ import socket
 import threading
 import time
 
-
 from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.ingest import IngestService
 from stream.keys import Keys
 from stream.types import Window
+from tests.waiting import wait_until as _wait
 
 KEYS = Keys()
 
@@ -18,16 +18,6 @@ KEYS = Keys()
 def _health(client, cam) -> CameraHealth | None:
     d = client.hgetall(KEYS.health(cam))
     return CameraHealth.from_dict(cam, d) if d else None
-
-
-def _wait(predicate, timeout_s: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def _windows(client) -> list[Window]:
