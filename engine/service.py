@@ -247,7 +247,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
         engine_threads, _ = up_threads(cfg)
         echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} "
-             f"({resolve_backend(cfg.engine.backend)}, {engine_threads} threads); Ctrl-C stops")
+             f"({resolve_backend(cfg.engine.backend)}, {engine_threads} thread{'' if engine_threads == 1 else 's'}); Ctrl-C stops")
         # ---- the HTTP API (issue 12): its own block; stopped first on the way out
         api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
         # ---- event media (issue 13): its own block; stopped with the API
