@@ -28,11 +28,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=DEFAULT_MODEL_DIR)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults; `up` uses 1 on 2 cores)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model)
     onnx_dir = Path(tempfile.mkdtemp()) / "onnx"
     export_onnx(args.model, onnx_dir)
-    backends = {"torch": TorchBackend(model), "onnxruntime": OrtBackend(onnx_dir)}
+    backends = {"torch": TorchBackend(model), "onnxruntime": OrtBackend(onnx_dir, threads=args.threads)}
     try:
         from engine.runtime.trt import TensorRTBackend
         from export.tensorrt import build_engines
