@@ -151,7 +151,7 @@ def _service_config(path):
 
 
 def _client(config_path, redis_url):
-    from engine.service import redact
+    from stream.urls import redact_url
     from stream.keys import LayoutMismatch, check_layout
     from stream.redis_server import connect
 
@@ -167,7 +167,7 @@ def _client(config_path, redis_url):
     except LayoutMismatch as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # redis errors of any kind: one clear line
-        raise click.ClickException(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        raise click.ClickException(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     return client, cfg.redis.keys()
 
 
@@ -223,7 +223,8 @@ def _serve_healthz(port, alive) -> None:
 def ingest(config_path, health_port) -> None:
     """Ingest cameras into Redis windows (until SIGTERM/SIGINT). The config's cameras seed the camera registry in
     Redis; cameras added or removed there (API, `spacevllm cameras`) are picked up while running."""
-    from engine.service import ServiceError, open_redis, redact, seed_queries
+    from engine.service import ServiceError, open_redis, seed_queries
+    from stream.urls import redact_url
     from stream.cameras import CameraRegistry
     from stream.ingest import IngestService
 
@@ -232,7 +233,7 @@ def ingest(config_path, health_port) -> None:
         client, server, url = open_redis(cfg)
     except ServiceError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Redis: {redact(url)}")
+    click.echo(f"Redis: {redact_url(url)}")
     keys = cfg.redis.keys()
     try:
         seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])

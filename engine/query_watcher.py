@@ -66,8 +66,10 @@ class QueryWatcher:
         return [q for q in self.queries if q.applies_to(camera_id)]
 
     def refresh(self) -> list[GroundingEvent]:
-        """Reload the queries when they changed (or every `reload_s`); end the events the change invalidated."""
-        changed = self._loaded_at is None or self.now() - self._loaded_at > self.reload_s
+        """Reload the queries when they changed (or every `reload_s`); end the events the change invalidated (on the
+        first load too: a query may have been removed while no worker ran)."""
+        first = self._loaded_at is None
+        changed = first or self.now() - self._loaded_at > self.reload_s
         if self._pubsub is not None:
             while (msg := self._pubsub.get_message(timeout=0)) is not None:
                 if msg.get("type") == "message":
@@ -77,8 +79,9 @@ class QueryWatcher:
         before = {q.id: q for q in self.queries}
         self.queries = self.registry.all()
         self._loaded_at = self.now()
-        if before != {q.id: q for q in self.queries}:
-            log.info("standing queries: %s", ", ".join(q.id for q in self.queries) or "none")
+        if not first and before == {q.id: q for q in self.queries}:
+            return []  # a periodic reload that found nothing new: no open event to revisit
+        log.info("standing queries: %s", ", ".join(q.id for q in self.queries) or "none")
         return self.reconcile(cameras=False)
 
     def reconcile(self, cameras: bool) -> list[GroundingEvent]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import signal
 import threading
@@ -66,17 +65,12 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
     except redis.RedisError as exc:
         if server is not None:
             server.stop()
-        raise ServiceError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        raise ServiceError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     except LayoutMismatch as exc:
         if server is not None:
             server.stop()
         raise ServiceError(str(exc)) from None
     return client, server, url
-
-
-def redact(url: str) -> str:
-    """A Redis URL fit for logs: the password replaced."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
@@ -234,15 +228,15 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
         where = f" (data in {server.data_dir})" if server else ""
-        echo(f"Redis: {redact(url)}{where}")
+        echo(f"Redis: {redact_url(url)}{where}")
         if server is not None and server.password:  # the password is read from its file, never printed
             cli = server.cli_line(redis_cli_path())
             echo(f"  events: {cli} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'")
             echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
                  "spacevllm events tail")
         else:
-            echo(f"  events: redis-cli -u {redact(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
-                 f"   or: spacevllm events tail --redis-url {redact(url)}")
+            echo(f"  events: redis-cli -u {redact_url(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
+                 f"   or: spacevllm events tail --redis-url {redact_url(url)}")
         cameras = list(cfg.cameras) or [DEMO_CAMERA]
         seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
         engine_threads, _ = up_threads(cfg)

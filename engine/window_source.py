@@ -74,6 +74,12 @@ class WindowSource:
         self.cluster = cluster if cluster is not None else type(client).__name__ == "RedisCluster"
         self._retries: dict[tuple[int, str], float] = {}  # (shard, entry id) -> when to retry
         self._claim_shard = 0
+        # an entry becomes claimable only after `claim_idle_ms` idle: looking more often than a quarter of that (at
+        # most once a second) finds nothing new and would cost one XAUTOCLAIM per shard on every read
+        self._claim_every_s = min(1.0, claim_idle_ms / 4000.0)
+        self._claimed_at = float("-inf")
+        self._streams = {keys.windows(s): ">" for s in keys.all_shards()}
+        self._shard_of_stream = {keys.windows(s): s for s in keys.all_shards()}
         self._rng = random.Random()
 
     # ---- setup -------------------------------------------------------------------------
@@ -111,7 +117,10 @@ class WindowSource:
 
     def _claim_stale(self) -> list[Delivery]:
         """Entries another (dead) worker held longer than `claim_idle_ms`, before any new entry (so a camera's windows
-        stay in order as far as possible); every shard, starting from a rotating one."""
+        stay in order as far as possible); every shard, starting from a rotating one, every `_claim_every_s`."""
+        if time.monotonic() - self._claimed_at < self._claim_every_s:
+            return []
+        self._claimed_at = time.monotonic()
         for _ in range(self.keys.shards):
             shard = self._claim_shard
             self._claim_shard = (self._claim_shard + 1) % self.keys.shards
@@ -130,12 +139,11 @@ class WindowSource:
             if live:
                 entry_id, fields = live[0]
                 log.info("claimed stale window entry %s (shard %d)", entry_id, shard)
+                self._claimed_at = float("-inf")  # there may be more: look again on the next read
                 return [Delivery(shard, entry_id, fields, self._deliveries_of(shard, entry_id))]
         return []
 
     def _read_new(self, block: bool) -> list[Delivery]:
-        streams = {self.keys.windows(s): ">" for s in self.keys.all_shards()}
-        by_name = {self.keys.windows(s): s for s in self.keys.all_shards()}
         if self.cluster and self.keys.shards > 1:
             start = self._rng.randrange(self.keys.shards)
             for k in range(self.keys.shards):  # each shard on its own node; no cross-slot command
@@ -148,9 +156,9 @@ class WindowSource:
                 if block:
                     time.sleep(min(self.block_ms, 100) / 1000.0)
         else:
-            res = self.client.xreadgroup(self.group, self.consumer, streams, count=self.per_shard,
+            res = self.client.xreadgroup(self.group, self.consumer, self._streams, count=self.per_shard,
                                          block=self.block_ms if block else None) or []
-        return [Delivery(by_name[_s(name)], _s(i), f, 1) for name, entries in res for i, f in entries if f]
+        return [Delivery(self._shard_of_stream[_s(name)], _s(i), f, 1) for name, entries in res for i, f in entries if f]
 
     def drained(self, shard: int) -> bool:
         """Every window of the shard has been delivered and acknowledged (by any worker)."""

@@ -162,20 +162,16 @@ class EngineWorker:
             self.on_event(e)
 
     # ---- a batch of windows -------------------------------------------------------------
+    def handle(self, d: Delivery) -> list[GroundingEvent]:
+        """One delivery (a batch of one); any error but Redis's own is contained."""
+        return self.handle_batch([d])
+
     def handle_batch(self, deliveries: list[Delivery]) -> list[GroundingEvent]:
-        """The windows that were ready together: admission, then one grounding batch, then one commit each.
-        Should the batch fail as a whole, its windows are processed one at a time, so a bad window fails alone."""
-        if len(deliveries) == 1:
-            self.stats.batches += 1
-            return self.handle(deliveries[0])
-        ready: list[tuple[Delivery, Window]] = []
-        for d in deliveries:
-            window = self._admit(d)
-            if window is not None:
-                ready.append((d, window))
-        ready = self._newest_first(ready)
+        """The windows that were ready together: admission, then one grounding batch per `batch_windows`, then one
+        commit each."""
+        admitted = [(d, w) for d in deliveries if (w := self._admit(d)) is not None]
         todo = []
-        for d, window in ready:
+        for d, window in self._newest_first(admitted):
             if self.store.is_done(window):
                 log.info("window %s already done (re-delivered); acknowledging", window.window_id)
                 self.store.ack_only(d.shard, d.entry_id)
@@ -186,16 +182,21 @@ class EngineWorker:
                 for e in self._ground_and_commit(todo[at : at + self.settings.batch_windows])]
 
     def _ground_and_commit(self, todo: list) -> list[GroundingEvent]:
+        """Ground the windows as one batch and commit each. A window whose grounding fails is retried (or
+        dead-lettered); should a batch of several fail, its windows are grounded one at a time, so a bad one fails alone."""
         if not todo:
             return []
         started = time.monotonic()
         try:
             results = self.grounder.ground_many([(w, frames, queries) for _, w, queries, frames in todo])
         except redis.RedisError:
-            raise
-        except Exception as exc:  # one of them is bad: find it by doing them one by one
+            raise  # an outage, not these windows' fault: the loop waits for Redis; the windows stay pending
+        except Exception as exc:
+            if len(todo) == 1:
+                self._failed(todo[0][0], todo[0][1], exc)
+                return []
             log.warning("a batch of %d windows failed (%s: %s); processing them one at a time", len(todo), type(exc).__name__, exc)
-            return [e for d, *_ in todo for e in self.handle(d)]
+            return [e for item in todo for e in self._ground_and_commit([item])]
         self.stats.batches += 1
         events = []
         for (d, window, queries, _), res in zip(todo, results):
@@ -268,22 +269,7 @@ class EngineWorker:
             self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0, time.monotonic())
         self.telemetry.window_processed(window.camera_id, duration_s, events, window_end_ts=window.end_ms / 1000.0)
 
-    # ---- one window --------------------------------------------------------------------
-    def handle(self, d: Delivery) -> list[GroundingEvent]:
-        """Process one delivery; any error but Redis's own is contained here."""
-        window = self._admit(d)
-        if window is None:
-            return []
-        try:
-            events = self.process(window, d.entry_id)
-        except redis.RedisError:
-            raise  # an outage, not this window's fault: the loop waits for Redis; the window stays pending
-        except Exception as exc:
-            self._failed(d, window, exc)
-            return []
-        self.publish(events)
-        return events
-
+    # ---- failures --------------------------------------------------------------------
     def _failed(self, d: Delivery, window: Window, exc: Exception) -> None:
         self.stats.failed += 1
         error = f"{type(exc).__name__}: {exc}"
@@ -297,26 +283,6 @@ class EngineWorker:
         self.source.dead_letter(d, error)
         self.stats.dead_lettered += 1
         self.telemetry.window_dead(camera_id)
-
-    def process(self, window: Window, entry_id: str) -> list[GroundingEvent]:
-        if self.store.is_done(window):
-            log.info("window %s already done (re-delivered); acknowledging", window.window_id)
-            self.store.ack_only(self.keys.shard_of(window.camera_id), entry_id)
-            return []
-        started = time.monotonic()
-        queries = self.watcher.for_camera(window.camera_id)
-        try:
-            frames = self.frames.load_frames(window) if queries else []
-            observations = self.grounder.ground(window, frames, queries)
-        except MissingFrames as exc:
-            why = self._missing_reason(window, exc)
-            log.warning("%s; skipped", why)
-            self.store.skip(window, entry_id, "skipped")
-            self.stats.skipped += 1
-            return []
-        events = self.store.commit(window, entry_id, queries, observations)
-        self._committed(window, time.monotonic() - started, events)
-        return events
 
     def _missing_reason(self, window: Window, exc: MissingFrames, now: float | None = None) -> str:
         age = (now if now is not None else time.time()) - window.end_ms / 1000.0
