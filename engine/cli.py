@@ -80,6 +80,30 @@ def calibrate(model_dir, samples) -> None:
     click.echo(f"score={mode.value} default_threshold={threshold:.2f} " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
 
 
+@main.command("train-match")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The frozen model.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Evidence, summary, and the new model in OUT/model.")
+@click.option("--clips", default=3000, show_default=True, help="Training clips (about 7 captions each).")
+@click.option("--selection-clips", default=400, show_default=True, help="Clips of the separate selection set.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=60, show_default=True)
+@click.option("--min-recall", default=0.92, show_default=True, help="The threshold keeps at least this recall on the selection set.")
+@click.option("--threads", default=0, help="torch threads (0: torch's default).")
+def train_match_cmd(model_dir, out, clips, selection_clips, seed, epochs, min_recall, threads) -> None:
+    """Fit the match head on the frozen model's groundings (resumable), choose its threshold on a separate
+    selection set, and write OUT/model with `score: match_head`."""
+    import torch
+
+    from engine.match_training import MatchTrainSettings, train_match
+
+    if threads:
+        torch.set_num_threads(threads)
+    s = train_match(model_dir, out, MatchTrainSettings(clips=clips, selection_clips=selection_clips, seed=seed,
+                                                        epochs=epochs, min_recall=min_recall))
+    sel = " ".join(f"{k}={v:.3f}" for k, v in s["selection"].items())
+    click.echo(f"epoch {s['epoch']}, threshold {s['threshold']:.3f}; selection set: {sel}; model in {Path(out) / 'model'}")
+
+
 @main.command("eval")
 @click.option("--suite", type=click.Choice(["grounding", "swaps"]), default="grounding", show_default=True,
               help="grounding: metrics on annotated videos; swaps: attribute-swap rejection and ranking on rendered clips.")

@@ -67,6 +67,16 @@ TRAINING_ONLY = ("answer_probe_",)  # parameters with no inference role: a check
 # zero-initialised additions that are exact no-ops at their initialisation: a checkpoint from before them
 # loads and grounds exactly as it did
 ZERO_INIT_ADDITIONS = ("answer_words.", "decoder_words.")
+# heads a checkpoint needs only when its config uses them (the match head: `score: match_head`)
+OPTIONAL_HEADS = ("match_head.",)
+
+
+def optional_prefixes(config) -> tuple[str, ...]:
+    """Name prefixes a checkpoint of `config` may leave out (kept at initialisation, unused)."""
+    from engine.model.config import ScoreMode
+
+    unused = () if config.score is ScoreMode.MATCH_HEAD else OPTIONAL_HEADS
+    return TRAINING_ONLY + ZERO_INIT_ADDITIONS + unused
 
 
 def _open_model_dir(directory: str | Path) -> tuple[Path, Path, SpaceVLLMConfig]:
@@ -105,7 +115,7 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
     kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
     if kept:
         log.warning("keeping %d newly added tensors at initialisation: %s", len(kept), sorted(kept))
-    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(TRAINING_ONLY + ZERO_INIT_ADDITIONS)})
+    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(optional_prefixes(config))})
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()
@@ -152,7 +162,7 @@ def check_model_dir(directory: str | Path) -> str:
         model = build_spacevllm(config, load_tokenizer(d / "tokenizer.json"))
     expected = {k: v for k, v in model.state_dict().items()}
     given = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-    given.update({k: v for k, v in expected.items() if k not in given and k.startswith(TRAINING_ONLY + ZERO_INIT_ADDITIONS)})
+    given.update({k: v for k, v in expected.items() if k not in given and k.startswith(optional_prefixes(config))})
     check_state(expected, given, str(d / "model.safetensors"))
     return f"{config.name} ({len(shapes)} tensors)"
 

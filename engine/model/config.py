@@ -24,6 +24,9 @@ class ScoreMode(str, Enum):
     # geometric mean of that and the space decoder's highest per-frame target presence in the answer's
     # span: two views of "is it there", the LLM's over the whole window and the decoder's per frame
     ANSWER_AND_PRESENCE = "answer_and_presence"
+    # the match head (`engine.model.match_head`): each caption word read against what the decoder found in the
+    # span (appearance under the box, the box's trajectory) plus both scores above; trained on frozen outputs
+    MATCH_HEAD = "match_head"
 
 
 class PromptOrder(str, Enum):

@@ -19,6 +19,7 @@ from torch import nn
 from engine.model.config import DECODER_MAX_PAIRS, PromptOrder, ScoreMode, SpaceVLLMConfig
 from engine.model.interleave import question_ids, splice, video_prefix_ids
 from engine.model.llm import build_llm
+from engine.model.match_head import MatchHead, gather_evidence
 from engine.model.projector import Projector, pool_grid
 from engine.model.space_decoder import SpaceDecoder, SpaceDecoderOutput, build_space_decoder
 from engine.model.tokenizer import PromptVocab
@@ -82,6 +83,7 @@ class Grounding:
     all_boxes_cxcywh: torch.Tensor  # (F, 4) decoder boxes; decoded only for frames in the span, zeros elsewhere
     presence: torch.Tensor  # (F,) decoder per-frame presence probability; frames in the span, zeros elsewhere
     answer_score: float  # 1 - P(none) at the first answer token
+    evidence: dict[str, torch.Tensor] | None = None  # the match head's inputs (`MatchEvidence.row`), when asked for
 
 
 class SpaceVLLM(nn.Module):
@@ -117,6 +119,11 @@ class SpaceVLLM(nn.Module):
         probe = max(16, hidden // 2)
         self.answer_probe_q = nn.Linear(hidden, probe)
         self.answer_probe_k = nn.Linear(hidden, probe)
+        # the match decision (`config.score: match_head`); its own RNG stream, so that adding it changed no other
+        # module's initialisation. Optional in checkpoints that score otherwise (`checkpoint.OPTIONAL_HEADS`)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.match_head = MatchHead(hidden)
 
     # ---- vision -------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -239,7 +246,7 @@ class SpaceVLLM(nn.Module):
 
     @torch.no_grad()
     def ground_batch(self, prefix: WindowBatchPrefix, questions: list[list[str]], task: str = "stvg",
-                     decoder=None, min_scores: list[list[float]] | None = None) -> list[list[Grounding]]:
+                     decoder=None, min_scores: list[list[float]] | None = None, with_evidence: bool = False) -> list[list[Grounding]]:
         """Every window's questions against its own prefix, all windows' questions as one batch of rows (question
         padding masked; each row attends to its own window's prefix and question only). `min_scores`: see `ground`."""
         if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
@@ -250,7 +257,7 @@ class SpaceVLLM(nn.Module):
             return [[] for _ in questions]
         floors = [x for xs in min_scores for x in xs] if min_scores is not None else None
         rows = self._ground_rows(prefix.cache, prefix.length, row_window, flat, task, prefix.timestamps_s,
-                                 prefix.stq_states, prefix.visual_tokens, decoder, floors)
+                                 prefix.stq_states, prefix.visual_tokens, decoder, floors, with_evidence)
         out, at = [], 0
         for qs in questions:
             out.append(rows[at : at + len(qs)])
@@ -259,23 +266,26 @@ class SpaceVLLM(nn.Module):
 
     @torch.no_grad()
     def ground(self, prefix: WindowPrefix, questions: list[str], task: str = "stvg", decoder=None,
-               min_scores: list[float] | None = None) -> list[Grounding]:
+               min_scores: list[float] | None = None, with_evidence: bool = False) -> list[Grounding]:
         """Ground every question against one shared window prefix (video-first order).
 
         `decoder` replaces the PyTorch space decoder (a runtime backend: ONNX Runtime, TensorRT).
         `min_scores` (per question, e.g. its match threshold): a question whose score cannot reach it whatever
         the decoder says (score = sqrt(answer score x presence) <= sqrt(answer score)) skips the space decoder;
         its Grounding then has the upper bound as score, no boxes and zero presence. The other questions'
-        results are exactly what they would be without it (the frame budget counts every question)."""
+        results are exactly what they would be without it (the frame budget counts every question). (With the
+        match head there is no such bound: every question is decoded.) `with_evidence`: each Grounding carries
+        the match head's inputs (for training the head)."""
         if self.config.prompt_order is not PromptOrder.VIDEO_FIRST:
             raise ValueError("a shared prefix needs prompt_order=video_first; use ground_from_scratch")
         if not questions:
             return []
         return self._ground_rows(prefix.cache, prefix.length, [0] * len(questions), questions, task, (prefix.timestamps_s,),
-                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder, min_scores)
+                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder, min_scores, with_evidence)
 
     def _ground_rows(self, prefix_cache, prefix_length: int, row_window: list[int], questions: list[str], task: str,
-                     timestamps_s, stq_states, frame_tokens, decoder, min_scores: list[float] | None = None) -> list[Grounding]:
+                     timestamps_s, stq_states, frame_tokens, decoder, min_scores: list[float] | None = None,
+                     with_evidence: bool = False) -> list[Grounding]:
         """One row per question; row r reads window `row_window[r]` of the (batched) prefix.
         stq_states (W, F, D), frame_tokens (W, F, G, D), timestamps_s: W tuples."""
         n = len(questions)
@@ -303,7 +313,7 @@ class SpaceVLLM(nn.Module):
         first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
         return self._finish(first, _cache_of(out), attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
-                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores)
+                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores, ids, with_evidence)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -330,15 +340,16 @@ class SpaceVLLM(nn.Module):
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long)
         return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)]), (tuple(timestamps_s),),
-                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0])[0]
+                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0], None, ids[:, q_pos_t[0]])[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
-                decoder, row_window: list[int], min_scores: list[float] | None = None) -> list[Grounding]:
+                decoder, row_window: list[int], min_scores: list[float] | None = None, q_ids: torch.Tensor | None = None,
+                with_evidence: bool = False) -> list[Grounding]:
         """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
         the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
 
         Row i belongs to window row_window[i]: timestamps_s (W tuples), stq_states (W, F, D), frame_tokens
-        (W, F, G, D); q_states (N, Lq, D), qmask (N, Lq)."""
+        (W, F, G, D); q_states (N, Lq, D), qmask (N, Lq), q_ids (N, Lq) the question's token ids (what the match head reads)."""
         v = self.vocab
         n = first_logits.shape[0]
         score = 1.0 - first_logits.softmax(-1)[:, v.none]  # (N,)
@@ -365,7 +376,8 @@ class SpaceVLLM(nn.Module):
                    for w in set(row_window)}
         keyframes = [keyframes_of(idx, strides[row_window[i]]) for i, idx in enumerate(frames)]
         # questions that cannot reach their floor whatever the decoder says skip it (decoded: the rest)
-        bound = score.sqrt() if self.config.score is ScoreMode.ANSWER_AND_PRESENCE else score  # presence <= 1
+        mode = self.config.score
+        bound = score.sqrt() if mode is ScoreMode.ANSWER_AND_PRESENCE else torch.ones_like(score) if mode is ScoreMode.MATCH_HEAD else score
         hopeless = [min_scores is not None and float(bound[i]) < min_scores[i] for i in range(n)]
         keyframes = [() if hopeless[i] else k for i, k in enumerate(keyframes)]
         boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
@@ -373,13 +385,23 @@ class SpaceVLLM(nn.Module):
             if strides[row_window[i]] > 1 and not hopeless[i]:
                 fill_between_keyframes(row_ts[i], keyframes[i], frames[i], boxes[i], presence[i])
         answer_score = score
-        if self.config.score is ScoreMode.ANSWER_AND_PRESENCE:
+        if mode is ScoreMode.ANSWER_AND_PRESENCE:
             score = torch.where(torch.tensor(hopeless), bound, (answer_score * presence.amax(-1)).sqrt())
+        evidence = None
+        if mode is ScoreMode.MATCH_HEAD or with_evidence:
+            if q_ids is None:
+                raise ValueError("the match head needs the question ids")
+            evidence = gather_evidence(frame_tokens, stq_states, row_window, [() if h else f for h, f in zip(hopeless, frames)],
+                                       boxes, presence, timestamps_s, answer_score, q_ids, qmask)
+        if mode is ScoreMode.MATCH_HEAD:
+            words = self.language_model.get_input_embeddings()(evidence.word_ids).float()
+            score = self.match_head(evidence.appearance, evidence.trajectory, evidence.scores, words, evidence.word_mask).sigmoid()
         results = []
         for i in range(n):
             idx = () if hopeless[i] else frames[i]
             span_boxes = tuple(tuple(float(x) for x in boxes[i, k]) for k in idx)
-            results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i])))
+            results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i]),
+                                     evidence.row(i) if with_evidence else None))
         return results
 
     def _step(self, ids, attn, pos, cache):

@@ -142,7 +142,7 @@ def test_gradients_reach_stq_embeddings_and_the_decoder(tiny_model, tiny_config)
     assert tiny_model.answer_words.weight.grad.abs().sum() > 0 and tiny_model.decoder_words.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("mode", list(ScoreMode))
+@pytest.mark.parametrize("mode", [ScoreMode.ANSWER, ScoreMode.ANSWER_AND_PRESENCE])  # match_head: test_match_head.py
 def test_the_match_score_follows_the_configured_mode(tiny_config, mode):
     from engine.model.tokenizer import train_tokenizer
 
