@@ -187,6 +187,12 @@ def validate_config(path) -> None:
         model = check_model_dir(cfg.engine.model)
     except CheckpointError as exc:
         raise click.ClickException(f"{path}: engine.model: {exc}") from None
+    from engine.service import ServiceError, model_windows
+
+    try:
+        model_windows(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, model {model}, backend {cfg.engine.backend})")
 
 
@@ -223,7 +229,7 @@ def _serve_healthz(port, alive) -> None:
 def ingest(config_path, health_port) -> None:
     """Ingest cameras into Redis windows (until SIGTERM/SIGINT). The config's cameras seed the camera registry in
     Redis; cameras added or removed there (API, `spacevllm cameras`) are picked up while running."""
-    from engine.service import ServiceError, open_redis, seed_queries
+    from engine.service import ServiceError, model_windows, open_redis, seed_queries
     from stream.urls import redact_url
     from stream.cameras import CameraRegistry
     from stream.ingest import IngestService
@@ -237,7 +243,11 @@ def ingest(config_path, health_port) -> None:
     keys = cfg.redis.keys()
     try:
         seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
-        svc = IngestService(client, keys, list(cfg.cameras), cfg.windows, cfg.ingest, registry=CameraRegistry(client, keys))
+        try:
+            windows = model_windows(cfg)  # the model's input size: ingest stores frames at it
+        except ServiceError as exc:
+            raise click.ClickException(str(exc)) from None
+        svc = IngestService(client, keys, list(cfg.cameras), windows, cfg.ingest, registry=CameraRegistry(client, keys))
         _serve_healthz(health_port, lambda: not svc.stop_event.is_set()
                        and bool(client.exists(keys.heartbeat("ingest", svc.worker_id))))
         svc.run()
