@@ -632,17 +632,17 @@ def export_tensorrt_cmd(onnx_dir, out, fp16, int8, calibration, prefix) -> None:
     import json as _json
 
     from export.tensorrt import (TensorRTUnavailable, build_engines, calibration_frames_from_redis,
-                                 calibration_frames_from_video, require_tensorrt)
+                                 calibration_frames_from_video, manifest_preprocessor, require_tensorrt)
 
     try:
         require_tensorrt()
     except TensorRTUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    size = _json.loads((Path(onnx_dir) / "manifest.json").read_text())["model_config"]["vision"]["image_size"]
+    pre = manifest_preprocessor(_json.loads((Path(onnx_dir) / "manifest.json").read_text()))
     calib = None
     if calibration:
-        calib = (calibration_frames_from_redis(calibration, prefix, size) if calibration.startswith(("redis://", "rediss://", "unix://"))
-                 else calibration_frames_from_video(calibration, size))
+        calib = (calibration_frames_from_redis(calibration, prefix, pre) if calibration.startswith(("redis://", "rediss://", "unix://"))
+                 else calibration_frames_from_video(calibration, pre))
     m = build_engines(onnx_dir, out or Path(onnx_dir) / "tensorrt", fp16=fp16, int8=int8, calibration=calib)
     click.echo(f"built {m['precision']} engines for {m['gpu']['name']} with TensorRT {m['tensorrt']}")
 
