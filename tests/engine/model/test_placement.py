@@ -53,3 +53,38 @@ def test_building_on_when_cuda_builds_the_model_on_the_gpu(tiny_config):
         model = build_spacevllm(tiny_config, train_tokenizer(tiny_config.max_time_s))
     assert all(p.is_cuda and p.dtype == torch.bfloat16 for p in model.parameters())
     assert model.device.type == "cuda" and resolve_placement("auto", "float16").device.type == "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-3), ("bfloat16", 0.1)])
+def test_ground_when_the_shipped_model_runs_on_cuda_matches_the_cpu_and_answers_on_the_host(dtype, atol):
+    from pathlib import Path
+
+    from engine.model.checkpoint import load_model
+    from engine.model.placement import building_on, place, resolve_placement
+
+    shipped = Path(__file__).resolve().parents[3] / "models" / "tiny"
+    questions = ["the red circle moving right", "the blue square", "the green triangle moving up"]
+    ts = [k * 0.5 for k in range(8)]
+    frames = torch.rand(2, 8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for device, dt in [("cpu", "float32"), ("cuda", dtype)]:
+        # given the shipped model built on the device in the dtype (as the engine loads it)
+        where = resolve_placement(device, dt)
+        with building_on(where):
+            model = place(load_model(shipped), where)
+        px = frames.to(where.device, where.dtype)
+        # when windows are grounded one at a time, as a batch, and from scratch
+        single = [model.ground(model.encode_window(p, ts), questions) for p in px]
+        tokens = torch.stack([model.encode_frames(p) for p in px])
+        assert tokens.device == where.device and tokens.dtype == where.dtype
+        batch = model.ground_batch(model.encode_window_batch([ts, ts], tokens), [questions, questions])
+        scratch = model.ground_from_scratch(px[0], ts, questions[0])
+        # then every answer is host floats and host tensors
+        for g in [*single[0], *batch[1], scratch]:
+            assert isinstance(g.score, float) and g.all_boxes_cxcywh.device.type == "cpu"
+        results[device] = single
+    # and the GPU's scores agree with the CPU's within float rounding (float32) or bfloat16's precision
+    diffs = [abs(a.score - b.score) for wa, wb in zip(results["cpu"], results["cuda"]) for a, b in zip(wa, wb)]
+    assert max(diffs) < atol, diffs

@@ -3,8 +3,8 @@ preprocessor_config.json as transformers reads it (compared with SiglipImageProc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -12,7 +12,8 @@ import torch
 from engine.model.config import SpaceVLLMConfig, VisionConfig, save_config
 from engine.model.preprocess import (ImagePreprocessor, PreprocessorError, Resample, preprocessor_for_model_dir,
                                      preprocessor_of, to_model_pixels)
-from engine.settings import DEFAULT_MODEL_DIR
+
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "tiny"
 
 # what a LLaVA-OneVision checkpoint ships (SigLIP so400m @ 384)
 LLAVA_ONEVISION = {"image_processor_type": "LlavaOnevisionImageProcessor", "do_resize": True,
@@ -26,6 +27,8 @@ HF_ATOL = 1e-5
 
 
 def _frames(path, count: int = 6) -> list[np.ndarray]:
+    import av
+
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0))]
 
@@ -65,7 +68,7 @@ def test_our_preprocessing_when_compared_with_transformers_on_real_decoded_frame
 
 def test_to_pixels_when_the_tiny_rule_keeps_the_pixels_bit_for_bit_as_before(h264_file):
     # given stored frames at the model's size and at another size (the engine resizes those itself)
-    pre = preprocessor_for_model_dir(DEFAULT_MODEL_DIR)
+    pre = preprocessor_for_model_dir(SHIPPED)
     assert pre == ImagePreprocessor.tiny(64)
     frames = _frames(h264_file, 3)
     from stream.imagecodec import resize
