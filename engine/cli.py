@@ -211,6 +211,12 @@ def validate_config(path) -> None:
         model = check_model_dir(cfg.engine.model)
     except CheckpointError as exc:
         raise click.ClickException(f"{path}: engine.model: {exc}") from None
+    from engine.service import ServiceError, model_windows
+
+    try:
+        model_windows(cfg)
+    except ServiceError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     click.echo(f"{path}: OK ({len(cfg.cameras)} cameras, {len(cfg.queries)} queries, model {model}, backend {cfg.engine.backend})")
 
 
@@ -247,7 +253,7 @@ def _serve_healthz(port, alive) -> None:
 def ingest(config_path, health_port) -> None:
     """Ingest cameras into Redis windows (until SIGTERM/SIGINT). The config's cameras seed the camera registry in
     Redis; cameras added or removed there (API, `spacevllm cameras`) are picked up while running."""
-    from engine.service import ServiceError, open_redis, seed_queries
+    from engine.service import ServiceError, model_windows, open_redis, seed_queries
     from stream.urls import redact_url
     from stream.cameras import CameraRegistry
     from stream.ingest import IngestService
@@ -261,7 +267,11 @@ def ingest(config_path, health_port) -> None:
     keys = cfg.redis.keys()
     try:
         seed_queries(client, keys, [q.model_dump(exclude_none=True) for q in cfg.queries])
-        svc = IngestService(client, keys, list(cfg.cameras), cfg.windows, cfg.ingest, registry=CameraRegistry(client, keys))
+        try:
+            windows = model_windows(cfg)  # the model's input size: ingest stores frames at it
+        except ServiceError as exc:
+            raise click.ClickException(str(exc)) from None
+        svc = IngestService(client, keys, list(cfg.cameras), windows, cfg.ingest, registry=CameraRegistry(client, keys))
         _serve_healthz(health_port, lambda: not svc.stop_event.is_set()
                        and bool(client.exists(keys.heartbeat("ingest", svc.worker_id))))
         svc.run()
@@ -646,17 +656,17 @@ def export_tensorrt_cmd(onnx_dir, out, fp16, int8, calibration, prefix) -> None:
     import json as _json
 
     from export.tensorrt import (TensorRTUnavailable, build_engines, calibration_frames_from_redis,
-                                 calibration_frames_from_video, require_tensorrt)
+                                 calibration_frames_from_video, manifest_preprocessor, require_tensorrt)
 
     try:
         require_tensorrt()
     except TensorRTUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    size = _json.loads((Path(onnx_dir) / "manifest.json").read_text())["model_config"]["vision"]["image_size"]
+    pre = manifest_preprocessor(_json.loads((Path(onnx_dir) / "manifest.json").read_text()))
     calib = None
     if calibration:
-        calib = (calibration_frames_from_redis(calibration, prefix, size) if calibration.startswith(("redis://", "rediss://", "unix://"))
-                 else calibration_frames_from_video(calibration, size))
+        calib = (calibration_frames_from_redis(calibration, prefix, pre) if calibration.startswith(("redis://", "rediss://", "unix://"))
+                 else calibration_frames_from_video(calibration, pre))
     m = build_engines(onnx_dir, out or Path(onnx_dir) / "tensorrt", fp16=fp16, int8=int8, calibration=calib)
     click.echo(f"built {m['precision']} engines for {m['gpu']['name']} with TensorRT {m['tensorrt']}")
 

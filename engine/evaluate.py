@@ -15,13 +15,13 @@ from pathlib import Path
 
 import av
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from engine.boxes import cxcywh_to_xyxy, iou_xyxy
 from engine.data.formats import READERS, GroundingItem
 from engine.metrics import match_summary, rec_accuracy, stvg_summary, t_iou, v_iou, vtg_summary
-from stream.imagecodec import resize
+from engine.model.placement import placement_of
+from engine.model.preprocess import preprocessor_of, to_model_pixels
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def densify(sampled_idx: list[int], boxes_xyxy: np.ndarray, first: int, last: in
 
 
 def window_prefix(model, rgb_frames: list[np.ndarray], timestamps_s: list[float]):
-    """The shared window prefix of sampled RGB frames (any size; resized to the model's input here)."""
-    size = model.config.vision.image_size
-    px = torch.from_numpy(np.stack([resize(f, size) for f in rgb_frames])).permute(0, 3, 1, 2).float() / 255.0
+    """The shared window prefix of sampled RGB frames (any size; preprocessed as the engine does: the model's rule)."""
+    where = placement_of(model)
+    px = to_model_pixels(rgb_frames, preprocessor_of(model), where.device, where.dtype)  # (F, 3, S, S)
     return model.encode_window(px, list(timestamps_s))
 
 
@@ -154,8 +154,8 @@ def _decode_image(path: Path) -> np.ndarray:
 
 def _predict_image(model, image: np.ndarray, caption: str) -> Prediction:
     h, w = image.shape[:2]
-    size = model.config.vision.image_size
-    px = torch.from_numpy(resize(image, size)).permute(2, 0, 1)[None].float() / 255.0
+    where = placement_of(model)
+    px = to_model_pixels([image], preprocessor_of(model), where.device, where.dtype)  # (1, 3, S, S)
     g = model.ground_from_scratch(px, [], caption, task="rec")
     box = cxcywh_to_xyxy(g.all_boxes_cxcywh[0].numpy().astype(np.float64)).clip(0, 1) * np.array([w, h, w, h])
     return Prediction(g.score, (1, 1), (0.0, 0.0), {1: written_box(box)})

@@ -9,6 +9,9 @@ through the vision encoder in one call, their prefixes through the LLM in one pa
 same frame count), and all their questions, answer steps and space-decoder pairs as one batch of
 rows. A window's result does not depend on what it is batched with (equal to `ground` within float
 rounding, tested); a window whose frames are gone fails alone.
+
+Placement: frame pixels are built on the model's device in its dtype (`engine.device`, `engine.dtype`), the
+feature cache holds the encoder's tokens there, and only scores, spans and boxes come back to the host (floats).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import torch
 
 from engine.boxes import cxcywh_to_xyxy, xyxy_norm_to_px
 from engine.events import Box, Observation
+from engine.model.placement import placement_of
+from engine.model.preprocess import ImagePreprocessor, preprocessor_of
 from engine.queries import StandingQuery
 from stream.imagecodec import decode_image
 from stream.keys import Keys
@@ -41,6 +46,9 @@ class GrounderStats:
 
 
 class FeatureCache:
+    """Frame key -> the encoder's tokens for that frame (G, D), kept where the model runs (a GPU's memory for a CUDA
+    model: the capacity bounds it; 7B: 196 x 3584 x 2 bytes = 1.4 MB a frame in bf16)."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -62,8 +70,11 @@ class FeatureCache:
 
 
 class WindowGrounder:
-    def __init__(self, model, backend, keys: Keys, cache_frames: int = 2048, skip_hopeless: bool = True) -> None:
+    def __init__(self, model, backend, keys: Keys, cache_frames: int = 2048, skip_hopeless: bool = True,
+                 preprocessor: ImagePreprocessor | None = None) -> None:
         self.model = model
+        self.placement = placement_of(model)  # frame pixels and cached tokens live there
+        self.preprocessor = preprocessor or preprocessor_of(model)
         self.skip_hopeless = skip_hopeless  # no space decoder for queries below their threshold whatever it says
         self.backend = backend
         self.keys = keys
@@ -93,12 +104,10 @@ class WindowGrounder:
                 todo.setdefault(ks[k], frames[k])
             self.stats.cache_hits += len(ks) - len(missing)
         if todo:
-            pixels = np.stack([decode_image(data) for data in todo.values()])  # (M, S, S, 3)
-            px = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
-            size = self.model.config.vision.image_size
-            if px.shape[-1] != size:
-                px = torch.nn.functional.interpolate(px, size=(size, size), mode="area")
-            encoded = dict(zip(todo, self.backend.encode_frames(px)))
+            pixels = np.stack([decode_image(data) for data in todo.values()])  # (M, S, S, 3) as ingest stored them
+            px = self.preprocessor.to_pixels(pixels, self.placement.device, self.placement.dtype)  # (M, 3, S, S)
+            tokens_new = self.backend.encode_frames(px).to(self.placement.device, self.placement.dtype)  # no-op unless a backend answers elsewhere
+            encoded = dict(zip(todo, tokens_new))
             for key, t in encoded.items():
                 self.cache.put(key, t)
             self.stats.frames_encoded += len(encoded)

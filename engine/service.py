@@ -20,7 +20,7 @@ from engine.settings import ServiceConfig, default_data_dir
 from engine.runtime.base import resolve_backend
 from engine.supervisor import Supervisor
 from engine.worker import EngineWorker
-from stream.config import CameraSettings
+from stream.config import CameraSettings, WindowSettings
 from stream.ingest import IngestService
 from stream.keys import Keys, LayoutMismatch, check_layout
 from stream.cameras import CameraRegistry
@@ -120,18 +120,49 @@ def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threa
 
 
 def load_engine_model(cfg: ServiceConfig):
-    """The model and its backend; CheckpointError names what is wrong with the model directory."""
+    """The model (on `engine.device` in `engine.dtype`) and its backend; CheckpointError names what is wrong with the
+    model directory, ServiceError a device or dtype that cannot be used here."""
     import torch
 
     from engine.model.checkpoint import load_model
+    from engine.model.placement import PlacementError, building_on, place, resolve_placement
     from engine.runtime import build_backend
 
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
-    model = load_model(cfg.engine.model)
+    try:
+        placement = resolve_placement(cfg.engine.device, cfg.engine.dtype)
+    except PlacementError as exc:
+        raise ServiceError(f"engine.device/engine.dtype: {exc}") from None
+    with building_on(placement):  # a 7B model is built where it runs, not first in float32 on the CPU
+        model = load_model(cfg.engine.model)
+    model = place(model, placement)
+    log.info("model %s on %s", model.config.name, placement)
     cache = Path(cfg.data_dir or default_data_dir()) / "onnx"
     return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir,
                                 model_dir=cfg.engine.model, cache_dir=str(cache), threads=cfg.engine.threads)
+
+
+def model_windows(cfg: ServiceConfig) -> WindowSettings:
+    """The window settings ingest runs with: the model's input size and resize filter filled in (from the model
+    directory's config and its base's preprocessor_config.json; no weights read). `windows.input_size` /
+    `input_resample` (and a configured camera's own) may only repeat the model's: a mismatch is a ServiceError
+    naming both, so ingest never stores frames the model was not trained on."""
+    from engine.model.preprocess import PreprocessorError, preprocessor_for_model_dir
+
+    try:
+        pre = preprocessor_for_model_dir(cfg.engine.model)
+    except PreprocessorError as exc:
+        raise ServiceError(f"engine.model: {exc}") from None
+    model = {"input_size": pre.size, "input_resample": pre.resample.value}
+    sections = [("windows", cfg.windows)] + [(f"cameras[{c.id}].windows", c.windows) for c in cfg.cameras if c.windows]
+    for where, windows in sections:
+        for key, want in model.items():
+            given = getattr(windows, key)
+            if given is not None and given != want:
+                raise ServiceError(f"{where}.{key} is {given!r} but the model ({cfg.engine.model}) reads {want!r}: "
+                                   f"remove {where}.{key} (the model decides) or use another model")
+    return cfg.windows.model_copy(update=model)
 
 
 def build_engine(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
@@ -176,7 +207,7 @@ def ingest_role(control, cfg: ServiceConfig, url: str, cameras: list[CameraSetti
     them at run time."""
     client = connect(url, cluster=cfg.redis.cluster)
     keys = cfg.redis.keys()
-    IngestService(client, keys, cameras, cfg.windows, cfg.ingest, stop=control.stop,
+    IngestService(client, keys, cameras, model_windows(cfg), cfg.ingest, stop=control.stop,
                   registry=CameraRegistry(client, keys) if registry else None).run(install_signals=False)
 
 
@@ -215,6 +246,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     marked stopped), then the engine (which ends their open events with `camera_stopped`), then the embedded
     Redis. Every exit path stops what was started."""
     loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
+    model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
     del loaded  # the engine process loads its own copy
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
     previous = {}

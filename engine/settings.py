@@ -3,11 +3,12 @@ load with the key's path). Secrets (REDIS_URL) come from the environment at load
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from engine.queries import QuerySpec
 from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict, WindowSettings
@@ -42,6 +43,18 @@ class EngineSettings(Strict):
     batch_windows: int = Field(8, ge=1, le=256)  # windows read together are grounded as one batch (up to this many)
     # live windows whose last frame is older than this are skipped (0: never); see engine/worker.py "Admission"
     max_window_lag_s: float = Field(10.0, ge=0)
+    # where the model runs (engine/model/placement.py): auto = the first CUDA device when torch sees one, else the CPU.
+    # The model, the frame-feature cache, the KV cache and every inference tensor live there, in `dtype`.
+    device: str = "auto"
+    # float32 | bfloat16 | float16 (float16 on CUDA only: refused on a CPU). The tiny model on cpu + float32 is as shipped
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v):  # engine.model.placement.DEVICE_PATTERN (no torch import here)
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (e.g. cuda:1), got {v!r}")
+        return v
 
 
 class ApiSettings(Strict):
@@ -127,6 +140,9 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
         if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
             raise ConfigError(f"SVL_ENGINE_BACKEND must be auto, torch, onnxruntime or tensorrt, got {backend!r}")
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"backend": backend})})
+    if cfg.engine.device == "cpu" and cfg.engine.dtype == "float16":
+        raise ConfigError(f"{path or 'defaults'}: engine.dtype float16 needs a CUDA device (engine.device is cpu): "
+                          "use bfloat16 or float32 on a CPU")
     if cfg.redis.cluster and not cfg.redis.url:
         raise ConfigError(f"{path or 'defaults'}: redis.cluster needs redis.url (a node of the Cluster); the embedded Redis is standalone")
     if cfg.data_dir is None:

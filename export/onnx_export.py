@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from engine.model.preprocess import preprocessor_of
 from engine.model.checkpoint import file_sha256, load_model
 from engine.model.config import DECODER_MAX_PAIRS
 from engine.model.spacevllm import SpaceVLLM
@@ -102,6 +103,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, progress=lambda msg: Non
         "opset": OPSET,
         "source_checkpoint": {"path": str(Path(model_dir).resolve()), "sha256": file_sha256(Path(model_dir) / "model.safetensors")},
         "model_config": cfg.to_dict(),
+        # the vision graph takes pixels resized and rescaled by this (it normalises them itself): engine/model/preprocess.py
+        "preprocessor": preprocessor_of(model).to_dict(),
         "graphs": graphs,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -73,30 +73,40 @@ def default_profile(model_config: dict) -> Profile:
     return Profile(frames=(1, max_frames, max_frames), batch=(1, 64, DECODER_MAX_PAIRS), question_len=(1, 16, max_q))
 
 
-def calibration_frames_from_video(path: str | Path, size: int, count: int = 256) -> Iterator[np.ndarray]:
-    """Real frames for INT8 calibration: (N, 3, S, S) float32 batches from a video file."""
-    import av
+def manifest_preprocessor(manifest: dict):
+    """The preprocessing the vision graph was exported for (manifests before it was recorded: the config's rule)."""
+    from engine.model.config import SpaceVLLMConfig
+    from engine.model.preprocess import ImagePreprocessor, Resample
 
-    from stream.imagecodec import resize
+    if "preprocessor" in manifest:
+        p = manifest["preprocessor"]
+        return ImagePreprocessor(int(p["size"]), Resample(p["resample"]), tuple(p["mean"]), tuple(p["std"]), float(p["rescale"]))
+    return ImagePreprocessor.for_config(SpaceVLLMConfig.from_dict(manifest["model_config"]))
+
+
+def calibration_frames_from_video(path: str | Path, preprocessor, count: int = 256) -> Iterator[np.ndarray]:
+    """Real frames for INT8 calibration: (N, 3, S, S) float32 batches from a video file, preprocessed as the engine
+    does (`preprocessor`: engine.model.preprocess.ImagePreprocessor)."""
+    import av
 
     batch = []
     with av.open(str(path)) as c:
         for i, frame in enumerate(c.decode(video=0)):
             if i >= count:
                 break
-            batch.append(resize(frame.to_ndarray(format="rgb24"), size))
+            batch.append(preprocessor.resize(frame.to_ndarray(format="rgb24")))
             if len(batch) == 16:
-                yield (np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+                yield preprocessor.to_pixels(np.stack(batch)).numpy()
                 batch = []
     if batch:
-        yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        yield preprocessor.to_pixels(np.stack(batch)).numpy()
 
 
-def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int = 256, shards: int = 8) -> Iterator[np.ndarray]:
-    """Real frames referenced by the newest windows in Redis."""
+def calibration_frames_from_redis(url: str, prefix: str, preprocessor, count: int = 256, shards: int = 8) -> Iterator[np.ndarray]:
+    """Real frames referenced by the newest windows in Redis (stored by ingest at the model's size)."""
     import redis
 
-    from stream.imagecodec import decode_image, resize
+    from stream.imagecodec import decode_image
     from stream.keys import Keys
     from stream.types import Window
 
@@ -108,13 +118,13 @@ def calibration_frames_from_redis(url: str, prefix: str, size: int, count: int =
         for data in client.mget([keys.frame(w.camera_id, t) for t in w.frames_ms]):
             if data is None or seen >= count:
                 continue
-            batch.append(resize(decode_image(data), size))
+            batch.append(preprocessor.resize(decode_image(data)))
             seen += 1
             if len(batch) == 16:
-                yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+                yield preprocessor.to_pixels(np.stack(batch)).numpy()
                 batch = []
     if batch:
-        yield np.stack(batch).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        yield preprocessor.to_pixels(np.stack(batch)).numpy()
 
 
 def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8: bool = False,

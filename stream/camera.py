@@ -62,6 +62,9 @@ class CameraWorker(threading.Thread):
         super().__init__(name=f"camera-{settings.id}", daemon=True)
         if client is None:
             raise TypeError("CameraWorker needs a Redis client")
+        if windows.input_size is None:
+            raise ValueError(f"camera {settings.id}: windows.input_size is not set; the service fills in the model's "
+                             "(engine.service.model_windows) before ingest starts")
         self.settings = settings
         self.windows = windows
         self.client = client
@@ -195,7 +198,7 @@ class CameraWorker(threading.Thread):
         if not self.link.up and time.monotonic() < self._retry_at:  # Redis is away: drop (counted), do not queue
             self._drop_unstored(builder)
             return
-        data = encode_image(raw.resized(self.windows.input_size), self.windows.image_format)  # only kept frames are converted
+        data = encode_image(raw.resized(self.windows.input_size, self.windows.input_resample or "area"), self.windows.image_format)  # only kept frames are converted
         specs = builder.add(ts_ms)
         try:
             pipe = self.client.pipeline(transaction=False)

@@ -28,7 +28,11 @@ class WindowSettings(Strict):
     sample_fps: float = Field(2.0, gt=0, le=30)
     window_seconds: float = Field(8.0, gt=0, le=120)
     stride_seconds: float = Field(2.0, gt=0, le=120)
-    input_size: int = Field(64, ge=16, le=1024)  # the model's frame side
+    # the model's frame side and how frames are scaled to it. None (the default): the model's (its directory says:
+    # engine/model/preprocess.py; the service fills these in before ingest starts). Set, they are checked against the
+    # model and a mismatch is refused at start, naming both.
+    input_size: int | None = Field(None, ge=16, le=1024)
+    input_resample: Literal["area", "nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] | None = None
     image_format: Literal["png", "jpeg"] = "png"
     frame_ttl_seconds: float = Field(60.0, gt=0)  # must exceed the window span
     windows_maxlen: int = Field(10_000, ge=10)  # XADD MAXLEN ~

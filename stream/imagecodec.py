@@ -7,10 +7,24 @@ import av
 import numpy as np
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Area-resize an RGB uint8 image to size x size (the model input)."""
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    return vf.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+# How a frame is scaled to the model's input: "area" (the tiny model's rule: FFmpeg's area averaging) or one of
+# PIL's filters (what transformers' image processors use: a checkpoint's preprocessor_config.json names one).
+RESAMPLES = ("area", "nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def resize(image: np.ndarray, size: int, resample: str = "area") -> np.ndarray:
+    """Resize an RGB uint8 image to size x size (the model input): area-averaged, or with the named PIL filter
+    (exactly as transformers' PIL image processors do it)."""
+    if resample == "area":
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        return vf.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+    if resample not in RESAMPLES:
+        raise ValueError(f"unknown resample {resample!r} (one of {', '.join(RESAMPLES)})")
+    from PIL import Image
+
+    filters = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+               "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), filters[resample]))
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:

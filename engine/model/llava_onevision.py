@@ -19,6 +19,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, Sigl
 
 from engine.model.checkpoint import CheckpointError, check_state, refuse_pickle
 from engine.model.config import SpaceVLLMConfig
+from engine.model.preprocess import PreprocessorError, base_preprocessor
 from engine.model.space_decoder import build_space_decoder
 from engine.model.spacevllm import SpaceVLLM
 from engine.model.tokenizer import SPECIAL_TOKENS, time_tokens
@@ -88,7 +89,13 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
     vcfg.vision_use_head = False
     tcfg = Qwen2Config(**{k: v for k, v in raw["text_config"].items() if k not in ("model_type",)})
     tok, base_vocab = load_prompt_tokenizer(d, config.max_time_s)
-    vision = SiglipEncoder(SiglipVisionModel(vcfg), feature_layer=int(raw.get("vision_feature_layer", -1)))
+    try:  # size, filter and mean/std of the frames the base was trained on (its preprocessor_config.json)
+        pre = base_preprocessor(config, d)
+    except PreprocessorError as exc:
+        raise CheckpointError(str(exc)) from None
+    if pre.size != vcfg.image_size:
+        raise CheckpointError(f"{d}: preprocessor size {pre.size} but the vision tower reads {vcfg.image_size} px")
+    vision = SiglipEncoder(SiglipVisionModel(vcfg), feature_layer=int(raw.get("vision_feature_layer", -1)), preprocessor=pre)
     llm = Qwen2ForCausalLM(tcfg)
     decoder = build_space_decoder(tcfg.hidden_size, config.decoder, config.frame_grid)
     model = SpaceVLLM(config, tok, vision, llm, decoder)

@@ -39,10 +39,10 @@ class MatchEvidence:
     word_mask: torch.Tensor  # (N, Lq)
 
     def row(self, i: int) -> dict[str, torch.Tensor]:
-        """Row i as a dict of tensors (unpadded words), for saving as safetensors."""
+        """Row i as a dict of host tensors (unpadded words), for saving as safetensors."""
         m = self.word_mask[i].bool()
-        return {"appearance": self.appearance[i], "trajectory": self.trajectory[i], "scores": self.scores[i],
-                "word_ids": self.word_ids[i][m]}
+        return {"appearance": self.appearance[i].cpu(), "trajectory": self.trajectory[i].cpu(), "scores": self.scores[i].cpu(),
+                "word_ids": self.word_ids[i][m].cpu()}
 
 
 def box_masks(boxes_cxcywh: torch.Tensor, grid: int, sharpness: float = 8.0) -> torch.Tensor:
@@ -95,24 +95,27 @@ def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, row_wi
                     word_ids: torch.Tensor, word_mask: torch.Tensor) -> MatchEvidence:
     """The evidence of N groundings. frame_tokens (W, F, G, D) on a square grid, stq_states (W, F, D); row i reads window
     row_window[i]; frames[i] its span's frame indices; boxes (N, F, 4) and presence (N, F) as decoded (zeros off
-    the span); timestamps_s: W tuples; answer_score (N,)."""
+    the span); timestamps_s: W tuples; answer_score (N,). Float32 on the frame tokens' device."""
     n, f = presence.shape
     grid = int(round(frame_tokens.shape[2] ** 0.5))
+    dev = frame_tokens.device  # computed where the model runs, in float32
+    boxes_cxcywh, presence = boxes_cxcywh.to(dev, torch.float32), presence.to(dev, torch.float32)
+    answer_score = answer_score.to(dev, torch.float32)
     span = torch.zeros(n, f, dtype=torch.bool)
     for i, idx in enumerate(frames):
         span[i, list(idx)] = True
-    span = span.to(presence.device)
+    span = span.to(dev)
     raw = (presence + 0.02) * span  # every span frame counts a little, present ones most
     weights = raw / raw.sum(1, keepdim=True).clamp_min(_EPS)
     rows = torch.as_tensor(row_window, device=frame_tokens.device)
-    tokens = frame_tokens[rows].to(boxes_cxcywh.dtype)  # (N, F, G, D)
+    tokens = frame_tokens[rows].float()  # (N, F, G, D)
     masks = box_masks(boxes_cxcywh, grid)  # (N, F, G)
     under_box = torch.einsum("nfg,nfgd->nfd", masks, tokens)
     frame_mean = tokens.mean(2)
     obj = torch.einsum("nf,nfd->nd", weights, under_box)
     bg = torch.einsum("nf,nfd->nd", weights, frame_mean)
-    stq = torch.einsum("nf,nfd->nd", weights, stq_states[rows].to(weights.dtype))
-    times = torch.tensor([timestamps_s[w] for w in row_window], dtype=boxes_cxcywh.dtype, device=boxes_cxcywh.device)
+    stq = torch.einsum("nf,nfd->nd", weights, stq_states[rows].float())
+    times = torch.tensor([timestamps_s[w] for w in row_window], dtype=torch.float32, device=dev)
     step = (times[:, -1] - times[:, 0]) / max(f - 1, 1)
     trajectory = trajectory_features(boxes_cxcywh, weights, times, times[:, -1] - times[:, 0] + step)
     in_span = presence.masked_fill(~span, 0.0)
@@ -123,7 +126,7 @@ def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, row_wi
         ((presence > 0.5) & span).float().sum(1) / span.float().sum(1).clamp_min(1.0),
         span.float().sum(1) / f,
     ], dim=1)
-    return MatchEvidence(torch.cat([obj, obj - bg, stq], dim=1), trajectory, scores, word_ids, word_mask)
+    return MatchEvidence(torch.cat([obj, obj - bg, stq], dim=1), trajectory, scores, word_ids.to(dev), word_mask.to(dev))
 
 
 class MatchHead(nn.Module):

@@ -125,6 +125,11 @@ class SpaceVLLM(nn.Module):
             torch.manual_seed(0)
             self.match_head = MatchHead(hidden)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are: every tensor built during inference is created there."""
+        return self.stq.device
+
     # ---- vision -------------------------------------------------------------------------
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> projected frame tokens (N, G, D) on the `config.frame_grid` grid
@@ -171,7 +176,7 @@ class SpaceVLLM(nn.Module):
         words = torch.gather(emb, 1, q_pos[..., None].expand(-1, -1, emb.shape[-1]))  # (B, Lq, D)
         m = q_mask.to(words.dtype)[..., None]
         mean = (words * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, D)
-        rows = torch.arange(b)
+        rows = torch.arange(b, device=emb.device)
         answer_at = q_pos[rows, q_mask.sum(1) - 1]  # (B,)
         return emb.index_put((rows, answer_at), emb[rows, answer_at] + self.answer_words(mean)), words
 
@@ -202,7 +207,7 @@ class SpaceVLLM(nn.Module):
         q_states = torch.gather(last, 1, question_index[..., None].expand(-1, -1, last.shape[-1]))  # (B, Lq, D)
         dec = self.space_decoder(stq_states, dec_vis, self._decoder_question_states(q_states, words), question_mask)
         last_q = question_mask.sum(1) - 1  # (B,) the last question token predicts the first answer token
-        answer_state = q_states[torch.arange(b), last_q]  # (B, D)
+        answer_state = q_states[torch.arange(b, device=q_states.device), last_q]  # (B, D)
         return SpaceVLLMOutput(logits=out.logits, decoder=dec, answer_presence_logits=self.answer_presence(answer_state, stq_states))
 
     def answer_presence(self, answer_state: torch.Tensor, stq_states: torch.Tensor) -> torch.Tensor:
@@ -226,7 +231,7 @@ class SpaceVLLM(nn.Module):
             visual_tokens = self.encode_frames(pixels)  # (F, G, D)
         vis, dec_vis = self.split_tokens(visual_tokens[None])  # (1, F, P, D), decoder tokens
         f = visual_tokens.shape[0]
-        ids = torch.tensor([self.prefix_ids(timestamps_s)])
+        ids = torch.tensor([self.prefix_ids(timestamps_s)], device=self.device)
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
@@ -238,7 +243,7 @@ class SpaceVLLM(nn.Module):
         w, f = visual_tokens.shape[:2]
         assert len(timestamps_s) == w and all(len(t) == f for t in timestamps_s), "one timestamp per frame per window"
         vis, dec_vis = self.split_tokens(visual_tokens)  # (W, F, P, D), decoder tokens
-        ids = torch.tensor([self.prefix_ids(ts) for ts in timestamps_s])  # (W, L): same length (same frame count)
+        ids = torch.tensor([self.prefix_ids(ts) for ts in timestamps_s], device=self.device)  # (W, L): same length (same frame count)
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][self._stq_positions(ids)].reshape(w, f, -1)  # (W, F, D)
@@ -289,6 +294,7 @@ class SpaceVLLM(nn.Module):
         """One row per question; row r reads window `row_window[r]` of the (batched) prefix.
         stq_states (W, F, D), frame_tokens (W, F, G, D), timestamps_s: W tuples."""
         n = len(questions)
+        dev = self.device
         q = [self.question_ids(text, task) for text in questions]
         lq = max(len(x) for x in q)
         ids = torch.full((n, lq), self.vocab.pad)
@@ -296,21 +302,22 @@ class SpaceVLLM(nn.Module):
         for i, x in enumerate(q):
             ids[i, : len(x)] = torch.tensor(x)
             qmask[i, : len(x)] = 1
+        ids, qmask = ids.to(dev), qmask.to(dev)  # built on the host row by row, moved once
         cache = copy.deepcopy(prefix_cache)
-        rw = torch.tensor(row_window)
+        rw = torch.tensor(row_window, device=dev)
         if len(timestamps_s) == 1:
             cache.batch_repeat_interleave(n)
         else:
             cache.batch_select_indices(rw)  # (N, ...) each row's own window
         prefix = prefix_length
-        attn = torch.cat([torch.ones(n, prefix, dtype=torch.long), qmask], dim=1)
-        pos = (prefix + torch.arange(lq))[None].expand(n, -1)
+        attn = torch.cat([torch.ones(n, prefix, dtype=torch.long, device=dev), qmask], dim=1)
+        pos = (prefix + torch.arange(lq, device=dev))[None].expand(n, -1)
         emb, words = self._with_answer_words(self.language_model.get_input_embeddings()(ids),
-                                             torch.arange(lq)[None].expand(n, -1), qmask)
+                                             torch.arange(lq, device=dev)[None].expand(n, -1), qmask)
         out = self.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos,
                                   **{CACHE_KWARG: cache}, use_cache=True, output_hidden_states=True)
         lengths = qmask.sum(1)  # (N,)
-        first = out.logits[torch.arange(n), lengths - 1]  # (N, V)
+        first = out.logits[torch.arange(n, device=dev), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
         return self._finish(first, _cache_of(out), attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
                             q_states, qmask, decoder or self.space_decoder, row_window, min_scores, ids, with_evidence)
@@ -330,16 +337,17 @@ class SpaceVLLM(nn.Module):
         else:  # question first: <q> words ... then the video, then <a>
             seq = qids[:-1] + video + qids[-1:]
             q_pos = list(range(len(qids) - 1)) + [len(seq) - 1]
-        ids = torch.tensor([seq])
-        q_pos_t = torch.tensor([q_pos])
-        qmask = torch.ones(1, len(q_pos), dtype=torch.long)
+        dev = self.device
+        ids = torch.tensor([seq], device=dev)
+        q_pos_t = torch.tensor([q_pos], device=dev)
+        qmask = torch.ones(1, len(q_pos), dtype=torch.long, device=dev)
         emb, words = self._with_answer_words(self._embed(ids, vis, f), q_pos_t, qmask)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         last = out.hidden_states[-1]
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
-        attn = torch.ones(1, len(seq), dtype=torch.long)
-        return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)]), (tuple(timestamps_s),),
+        attn = torch.ones(1, len(seq), dtype=torch.long, device=dev)
+        return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)], device=dev), (tuple(timestamps_s),),
                             stq_states, dec_vis, q_states, qmask, self.space_decoder, [0], None, ids[:, q_pos_t[0]])[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
@@ -352,23 +360,25 @@ class SpaceVLLM(nn.Module):
         (W, F, G, D); q_states (N, Lq, D), qmask (N, Lq), q_ids (N, Lq) the question's token ids (what the match head reads)."""
         v = self.vocab
         n = first_logits.shape[0]
-        score = 1.0 - first_logits.softmax(-1)[:, v.none]  # (N,)
-        time_ids = torch.tensor(v.time_ids)
+        dev = first_logits.device
+        score = 1.0 - first_logits.float().softmax(-1)[:, v.none]  # (N,) in float32 whatever the model's dtype
+        time_ids = torch.tensor(v.time_ids, device=dev)
         row_ts = [timestamps_s[w] for w in row_window]
-        limit = torch.tensor([self._max_time_index(ts) for ts in row_ts])  # (N,) last allowed time index per row
-        in_range = torch.arange(len(v.time_ids))[None] <= limit[:, None]  # (N, T)
+        limit = torch.tensor([self._max_time_index(ts) for ts in row_ts], device=dev)  # (N,) last allowed time index per row
+        in_range = torch.arange(len(v.time_ids), device=dev)[None] <= limit[:, None]  # (N, T)
         # step 1: feed "from", read the start time
-        ids = torch.full((n, 1), v.from_)
-        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype)], dim=1)
+        ids = torch.full((n, 1), v.from_, device=dev)
+        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=dev)], dim=1)
         out = self._step(ids, attn, next_pos[:, None], cache)
         start = out.logits[:, -1][:, time_ids].masked_fill(~in_range, float("-inf")).argmax(-1)  # (N,) index in 0.1 s
         # step 2: feed "<start> to", read the end time (end >= start)
-        ids = torch.stack([time_ids[start], torch.full((n,), v.to)], dim=1)
-        attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype)], dim=1)
-        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2)[None], _cache_of(out))
+        ids = torch.stack([time_ids[start], torch.full((n,), v.to, device=dev)], dim=1)
+        attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype, device=dev)], dim=1)
+        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2, device=dev)[None], _cache_of(out))
         end_logits = out.logits[:, -1][:, time_ids]
-        allowed = in_range & (torch.arange(len(v.time_ids))[None] >= start[:, None])
+        allowed = in_range & (torch.arange(len(v.time_ids), device=dev)[None] >= start[:, None])
         end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+        start, end, score = start.cpu(), end.cpu(), score.cpu()  # the rest is per-row bookkeeping on the host
         spans = [(start[i].item() / 10, end[i].item() / 10) for i in range(n)]
         frames = [frames_in_span(row_ts[i], s, e) for i, (s, e) in enumerate(spans)]
         # the pair budget holds per window (a window's result does not depend on what it is batched with)
@@ -381,6 +391,7 @@ class SpaceVLLM(nn.Module):
         hopeless = [min_scores is not None and float(bound[i]) < min_scores[i] for i in range(n)]
         keyframes = [() if hopeless[i] else k for i, k in enumerate(keyframes)]
         boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
+        boxes, presence = boxes.cpu(), presence.cpu()  # one copy from the device; Grounding holds host float32 tensors
         for i in range(n):
             if strides[row_window[i]] > 1 and not hopeless[i]:
                 fill_between_keyframes(row_ts[i], keyframes[i], frames[i], boxes[i], presence[i])
@@ -394,8 +405,11 @@ class SpaceVLLM(nn.Module):
             evidence = gather_evidence(frame_tokens, stq_states, row_window, [() if h else f for h, f in zip(hopeless, frames)],
                                        boxes, presence, timestamps_s, answer_score, q_ids, qmask)
         if mode is ScoreMode.MATCH_HEAD:
-            words = self.language_model.get_input_embeddings()(evidence.word_ids).float()
-            score = self.match_head(evidence.appearance, evidence.trajectory, evidence.scores, words, evidence.word_mask).sigmoid()
+            dt = self.match_head.log_temperature.dtype
+            words = self.language_model.get_input_embeddings()(evidence.word_ids).to(dt)
+            logits = self.match_head(evidence.appearance.to(dt), evidence.trajectory.to(dt), evidence.scores.to(dt), words,
+                                     evidence.word_mask)
+            score = logits.float().sigmoid().cpu()
         results = []
         for i in range(n):
             idx = () if hopeless[i] else frames[i]
@@ -427,18 +441,19 @@ def decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, frames: 
     if stq_states.dim() == 2:
         stq_states, frame_tokens = stq_states[None], frame_tokens[None]
     n, f = len(frames), stq_states.shape[1]
+    dev = stq_states.device
     row_window = row_window or [0] * n
-    boxes = torch.zeros(n, f, 4)
-    presence = torch.zeros(n, f)
+    boxes = torch.zeros(n, f, 4, device=dev)
+    presence = torch.zeros(n, f, device=dev)
     pairs = [(i, k) for i, idx in enumerate(frames) for k in idx]
     for at in range(0, len(pairs), DECODER_MAX_PAIRS):
         chunk = pairs[at : at + DECODER_MAX_PAIRS]
-        qi = torch.tensor([i for i, _ in chunk])
-        fk = torch.tensor([k for _, k in chunk])
-        wk = torch.tensor([row_window[i] for i, _ in chunk])
+        qi = torch.tensor([i for i, _ in chunk], device=dev)
+        fk = torch.tensor([k for _, k in chunk], device=dev)
+        wk = torch.tensor([row_window[i] for i, _ in chunk], device=dev)
         dec = decoder(stq_states[wk, fk][:, None], frame_tokens[wk, fk][:, None], q_states[qi], qmask[qi])  # batch of pairs, 1 frame
-        boxes[qi, fk] = dec.boxes_cxcywh[:, 0].float()
-        presence[qi, fk] = dec.presence_logits[:, 0].float().sigmoid()
+        boxes[qi, fk] = dec.boxes_cxcywh[:, 0].float().to(dev)  # (a backend may answer on another device)
+        presence[qi, fk] = dec.presence_logits[:, 0].float().sigmoid().to(dev)
     return boxes, presence
 
 

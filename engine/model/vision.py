@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from engine.model.config import VisionConfig
+from engine.model.preprocess import ImagePreprocessor
 
-# SigLIP normalises pixels to [-1, 1] (mean 0.5, std 0.5); the conv encoder uses the same.
+# SigLIP normalises pixels to [-1, 1] (mean 0.5, std 0.5); the tiny conv encoder uses the same, fixed (its rule:
+# `ImagePreprocessor.tiny`). A SigLIP encoder normalises with its checkpoint's preprocessor_config.json values.
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
 
@@ -54,6 +56,7 @@ class ConvEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, grid * grid, channels) * 0.02)
         self.grid = grid
         self.out_channels = channels
+        self.preprocessor = ImagePreprocessor.tiny(image_size)  # what it was trained on (not a parameter)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - PIXEL_MEAN) / PIXEL_STD
@@ -67,16 +70,19 @@ class SiglipEncoder(nn.Module):
     "full"), the features are the encoder's last hidden states before the post-layernorm:
     the patch grid, 27x27 at 384/14."""
 
-    def __init__(self, model: nn.Module, feature_layer: int = -1) -> None:
+    def __init__(self, model: nn.Module, feature_layer: int = -1, preprocessor: ImagePreprocessor | None = None) -> None:
         super().__init__()
         self.model = model
         self.feature_layer = feature_layer
         cfg = model.config
         self.grid = cfg.image_size // cfg.patch_size
         self.out_channels = cfg.hidden_size
+        # size, filter, mean/std: the checkpoint's preprocessor_config.json, else SigLIP's defaults
+        self.preprocessor = preprocessor or ImagePreprocessor.siglip(cfg.image_size)
+        assert self.preprocessor.size == cfg.image_size, "the preprocessor's size is the encoder's image size"
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels - PIXEL_MEAN) / PIXEL_STD
+        x = self.preprocessor.normalize(pixels)
         out = self.model(pixel_values=x, output_hidden_states=True)
         return out.hidden_states[self.feature_layer]  # (N, g*g, C)
 

@@ -1,5 +1,7 @@
 """One interface, three implementations. `encode_frames` maps pixels to projected frame tokens
-(`SpaceVLLM.encode_frames`); `decode` is the space decoder. Both take and return torch tensors on the CPU."""
+(`SpaceVLLM.encode_frames`); `decode` is the space decoder. Both take torch tensors on the model's device and
+return them there (frame tokens in the model's dtype): a CUDA model's tensors never go through host memory with
+the torch, TensorRT or ONNX Runtime CUDA backends."""
 from __future__ import annotations
 
 import logging
@@ -69,5 +71,8 @@ def build_backend(name: str, model, onnx_dir: str | None = None, engine_dir: str
 
         if engine_dir is None:
             raise ValueError("the tensorrt backend needs engine_dir (built by `spacevllm export tensorrt`)")
-        return TensorRTBackend(engine_dir)
+        from engine.model.placement import placement_of
+
+        where = placement_of(model)
+        return TensorRTBackend(engine_dir, device=where.device, dtype=where.dtype)
     raise ValueError(f"unknown backend {name!r} (auto, torch, onnxruntime, tensorrt)")

@@ -135,3 +135,80 @@ def test_ground_many_when_a_query_cannot_reach_its_threshold_skips_its_decoder_a
             else:
                 assert l.score < shipped.config.default_threshold
     assert 0 < matched < sum(len(w) for w in full)
+
+
+# ---- placement: device and dtype (engine.device, engine.dtype) ----------------------------------------------------
+# bfloat16 keeps 8 bits of mantissa: through the tiny model's encoder, 4 LLM layers and the space decoder, scores
+# and boxes move by about a hundredth (measured: score max 0.015, mean 0.004; box coordinates max 0.015, mean 0.002
+# of the frame side). Stated tolerance: every score within 0.05 (mean 0.015); boxes of frames both place in their
+# span within 0.05 of the frame side (mean 0.01); matched or not the same for at least 90% of (window, query) pairs.
+BF16_SCORE_ATOL, BF16_SCORE_MEAN = 0.05, 0.015
+BF16_BOX_ATOL, BF16_BOX_MEAN = 0.05, 0.01
+
+
+def _placed(placement_name: tuple[str, str]):
+    from engine.model.placement import building_on, place, resolve_placement
+
+    where = resolve_placement(*placement_name)
+    with building_on(where):
+        model = load_model(DEFAULT_MODEL_DIR)
+    return place(model, where)
+
+
+def _compare_placements(a: list, b: list, wh=(320, 240)) -> dict:
+    scores, boxes, agree, n = [], [], 0, 0
+    for obs_a, obs_b in zip(a, b):
+        for x, y in zip(obs_a, obs_b):
+            n += 1
+            scores.append(abs(x.score - y.score))
+            agree += (x.score >= 0.5) == (y.score >= 0.5)
+            bx = {box.ts: box.xyxy for box in x.boxes}
+            for box in y.boxes:
+                if box.ts in bx:
+                    boxes += [abs(p - q) / wh[k % 2] for k, (p, q) in enumerate(zip(bx[box.ts], box.xyxy))]
+    return {"score_max": max(scores), "score_mean": sum(scores) / len(scores), "box_max": max(boxes, default=0.0),
+            "box_mean": sum(boxes) / max(len(boxes), 1), "agree": agree / n, "boxes": len(boxes)}
+
+
+def test_ground_many_when_the_model_runs_in_bfloat16_on_the_cpu_matches_float32_within_tolerance(redis_client):
+    # given windows in Redis and the shipped model in float32 and in bfloat16 (engine.device cpu, engine.dtype bfloat16)
+    keys = Keys("bf16:")
+    windows = _windows(redis_client, keys)
+    store = WindowStore(redis_client, keys)
+    items = [(w, store.load_frames(w), QUERIES) for w in windows[:6]]
+    f32, bf16 = _placed(("cpu", "float32")), _placed(("cpu", "bfloat16"))
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    # when both ground the same windows (a bfloat16 grounder builds bfloat16 pixels and caches bfloat16 tokens)
+    g16 = WindowGrounder(bf16, TorchBackend(bf16), keys)
+    a = WindowGrounder(f32, TorchBackend(f32), keys).ground_many(items)
+    b = g16.ground_many(items)
+    assert all(t.dtype == torch.bfloat16 for t in g16.cache._items.values())
+    # then scores and boxes agree within the stated tolerance, and scores and boxes are Python floats
+    d = _compare_placements(a, b)
+    print("bfloat16 vs float32:", d)
+    assert all(isinstance(o.score, float) and all(isinstance(v, float) for bx in o.boxes for v in bx.xyxy) for obs in b for o in obs)
+    assert d["score_max"] < BF16_SCORE_ATOL and d["score_mean"] < BF16_SCORE_MEAN, d
+    assert d["boxes"] > 0 and d["box_max"] < BF16_BOX_ATOL and d["box_mean"] < BF16_BOX_MEAN, d
+    assert d["agree"] >= 0.9, d
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ground_many_when_the_model_runs_on_cuda_matches_the_cpu(redis_client, dtype):
+    # given the shipped model on the CPU (float32) and on CUDA (float32: kernels differ only in rounding; bfloat16)
+    keys = Keys("cuda:")
+    windows = _windows(redis_client, keys)
+    store = WindowStore(redis_client, keys)
+    items = [(w, store.load_frames(w), QUERIES) for w in windows[:6]]
+    cpu, gpu = _placed(("cpu", "float32")), _placed(("cuda", dtype))
+    # when both ground the same windows
+    grounder = WindowGrounder(gpu, TorchBackend(gpu), keys)
+    a = WindowGrounder(cpu, TorchBackend(cpu), keys).ground_many(items)
+    b = grounder.ground_many(items)
+    # then the feature cache lives on the GPU, results are Python floats, and they agree with the CPU's
+    assert all(t.is_cuda for t in grounder.cache._items.values())
+    d = _compare_placements(a, b)
+    print(f"cuda {dtype} vs cpu float32:", d)
+    tol = (1e-3, 1e-3) if dtype == "float32" else (BF16_SCORE_ATOL, BF16_BOX_ATOL)
+    assert d["score_max"] < tol[0] and d["box_max"] < tol[1], d

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -68,3 +70,43 @@ def test_the_data_dir_defaults_to_svl_data_dir_then_the_user_data_dir(tmp_path, 
     monkeypatch.delenv("SVL_DATA_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert load_service_config(None).data_dir == str(tmp_path / "xdg" / "spacevllm")
+
+
+@pytest.mark.parametrize("engine, message", [
+    ("{device: gpu}", "engine.device: Value error, must be auto, cpu, cuda or cuda:N"),
+    ("{dtype: float64}", "engine.dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
+    ("{device: cpu, dtype: float16}", "engine.dtype float16 needs a CUDA device"),
+])
+def test_engine_device_and_dtype_when_they_cannot_work_fail_at_load_with_the_reason(tmp_path, engine, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"engine: {engine}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_service_config(p)
+
+
+def test_engine_device_and_dtype_when_valid_are_kept(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("engine: {device: 'cuda:1', dtype: bfloat16}\n")
+    cfg = load_service_config(p).engine
+    assert (cfg.device, cfg.dtype) == ("cuda:1", "bfloat16")
+    assert (load_service_config(None).engine.device, load_service_config(None).engine.dtype) == ("auto", "float32")
+
+
+def test_model_windows_when_input_size_is_unset_takes_the_models_and_when_it_disagrees_refuses(tmp_path):
+    from engine.service import ServiceError, model_windows
+
+    # given the shipped tiny model (64 px, area)
+    cfg = load_service_config(None)
+    # when ingest's window settings are resolved, then the model's size and filter are filled in
+    w = model_windows(cfg)
+    assert (w.input_size, w.input_resample) == (64, "area")
+    # and a setting that repeats them is fine; one that disagrees (here, or on a camera) is refused naming both
+    p = tmp_path / "s.yaml"
+    p.write_text("windows: {input_size: 64}\n")
+    assert model_windows(load_service_config(p)).input_size == 64
+    for text, where in [("windows: {input_size: 32}\n", "windows.input_size is 32"),
+                        ("cameras: [{id: c, url: 'synthetic://demo', windows: {input_resample: bicubic}}]\n",
+                         "cameras[c].windows.input_resample is 'bicubic'")]:
+        p.write_text(text)
+        with pytest.raises(ServiceError, match=re.escape(where) + ".*the model .* reads"):
+            model_windows(load_service_config(p))

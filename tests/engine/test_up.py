@@ -22,7 +22,7 @@ def _config(tmp_path: Path, model_dir, data_dir: Path) -> Path:
     cfg = tmp_path / "up.yaml"
     cfg.write_text(yaml.safe_dump({
         "data_dir": str(data_dir),
-        "windows": {"sample_fps": 2, "window_seconds": 4, "stride_seconds": 1, "input_size": 32},
+        "windows": {"sample_fps": 2, "window_seconds": 4, "stride_seconds": 1},  # input size: the model's
         "cameras": [{"id": "cam1", "url": "synthetic://random?seed=2&fps=10&w=160&h=120"}],
         "engine": {"model": str(model_dir), "threads": 1},
         "queries": [{"id": "q-any", "text": "the red circle", "threshold": 0.0, "cooldown_s": 30.0}],

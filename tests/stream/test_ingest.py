@@ -5,6 +5,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.ingest import IngestService
@@ -160,3 +162,10 @@ def test_memory_stays_bounded_with_a_short_ttl(redis_client):
     time.sleep(1.5)
     assert list(redis_client.scan_iter(KEYS.frame_pattern("fast"))) == []
     assert redis_client.ttl(KEYS.health("fast")) > 0  # health expires too
+
+
+def test_camera_worker_when_the_input_size_was_not_resolved_refuses_naming_the_setting(redis_client):
+    from stream.camera import CameraWorker
+
+    with pytest.raises(ValueError, match="windows.input_size is not set"):
+        CameraWorker(CameraSettings(id="c", url="synthetic://demo"), WindowSettings(), redis_client, Keys(), threading.Event())

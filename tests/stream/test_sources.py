@@ -79,3 +79,12 @@ def test_frames_when_decoder_threads_is_set_uses_that_many(tmp_path):
         assert next(iter(src.frames())).size_wh == (320, 240)
     finally:
         src.close()
+
+
+def test_resize_when_a_pil_filter_is_named_matches_pil_and_area_stays_ffmpegs():
+    from PIL import Image
+
+    image = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize((48, 48), Image.Resampling.BICUBIC))
+    assert np.array_equal(resize(image, 48, "bicubic"), expected)
+    assert resize(image, 48).shape == (48, 48, 3) and not np.array_equal(resize(image, 48), expected)

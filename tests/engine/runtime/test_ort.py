@@ -1,6 +1,7 @@
 """The onnxruntime backend's export cache: exported once per checkpoint, reused after, redone when the weights change."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.model.checkpoint import save_model
@@ -30,3 +31,35 @@ def test_cached_export_when_called_again_reuses_it_and_when_the_weights_change_e
         tiny_model.stq.add_(0.01)
     save_model(tiny_model, tiny_model_dir)
     assert cached_export(tiny_model_dir, cache) != first
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_provider(), reason="needs CUDA and onnxruntime-gpu (CUDAExecutionProvider)")
+def test_ort_backend_when_the_model_is_on_cuda_binds_device_tensors_and_answers_on_the_device(tiny_model_dir, tmp_path):
+    from engine.model.checkpoint import load_model
+    from engine.model.placement import place, resolve_placement
+    from engine.runtime.ort import OrtBackend
+
+    # given the model on CUDA and ONNX Runtime with the CUDA provider
+    where = resolve_placement("cuda", "float32")
+    model = place(load_model(tiny_model_dir), where)
+    backend = OrtBackend(cached_export(tiny_model_dir, tmp_path / "onnx"), providers=["CUDAExecutionProvider"],
+                         device=where.device, dtype=where.dtype)
+    assert backend.bound
+    # when frames are encoded and decoded from device tensors
+    s = model.config.vision.image_size
+    px = torch.rand(3, 3, s, s, device=where.device)
+    tokens = backend.encode_frames(px)
+    q = torch.randn(2, 5, tokens.shape[-1], device=where.device)
+    dec = backend.decode(torch.randn(2, 3, tokens.shape[-1], device=where.device), tokens[None].expand(2, -1, -1, -1),
+                         q, torch.ones(2, 5, dtype=torch.long, device=where.device))
+    # then the results are on the device and agree with torch
+    with torch.no_grad():
+        assert tokens.is_cuda and torch.allclose(tokens, model.encode_frames(px), atol=1e-3)
+    assert dec.boxes_cxcywh.is_cuda and dec.boxes_cxcywh.shape == (2, 3, 4)
