@@ -294,6 +294,8 @@ def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, res
 def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool,
            init_from: Path | None) -> dict[str, float]:
     torch.manual_seed(settings.seed)
+    if not group.is_main:  # rank 0 alone logs (errors excepted)
+        logging.getLogger().setLevel(logging.ERROR)
     precision = Precision(settings.precision)
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -308,8 +310,13 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
     model.to(group.device)
     if settings.grad_checkpointing:
         for part in (model.language_model, getattr(model.vision_tower, "model", None)):
-            if part is not None and hasattr(part, "gradient_checkpointing_enable") and any(p.requires_grad for p in part.parameters()):
-                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if part is None or not any(p.requires_grad for p in part.parameters()):
+                continue
+            kwargs = {"use_reentrant": False}  # non-reentrant: fine with DDP and with frozen inputs (LoRA)
+            if hasattr(part, "activation_checkpointing_enable"):  # its newer name (transformers 5.x)
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif hasattr(part, "gradient_checkpointing_enable"):
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     trainable = {n for n, _ in named}
     decay = [p for n, p in named if p.ndim >= 2 and "stq" not in n and "pos" not in n]
@@ -355,8 +362,8 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                 with (runner.no_sync() if group.distributed and not final else nullcontext()):
                     with torch.autocast(group.device.type, dtype=precision.dtype, enabled=precision is not Precision.FP32):
                         outp = runner(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
-                        terms = crit(outp.logits, batch.labels, outp.decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence,
-                                     outp.answer_presence_logits)
+                    logits, decoder, presence_logits = float_outputs(outp)  # the losses in fp32 (no-ops in fp32 runs)
+                    terms = crit(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
                     scaler.scale(terms.total / len(batches)).backward()
                 micro_terms.append(terms.as_floats())
             scaler.unscale_(opt)
@@ -440,6 +447,14 @@ def checkpoint(out: Path, model: SpaceVLLM, runner: torch.nn.Module, opt, step: 
         save_train_state(out, model, opt, step, settings, elapsed_s, gathered)
         log.info("checkpoint at step %d", step)
     barrier(group)
+
+
+def float_outputs(outp) -> tuple[torch.Tensor, object, torch.Tensor]:
+    """(logits, decoder outputs, answer-presence logits) as float32 (the same tensors when they already are)."""
+    dec = outp.decoder
+    dec = dataclasses.replace(dec, **{f.name: getattr(dec, f.name).float() for f in dataclasses.fields(dec)
+                                      if torch.is_tensor(getattr(dec, f.name)) and getattr(dec, f.name).is_floating_point()})
+    return outp.logits.float(), dec, outp.answer_presence_logits.float()
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
