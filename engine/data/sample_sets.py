@@ -51,7 +51,10 @@ def write_mixture(path: str | Path, sets: dict[str, tuple[Path, Path]], weights:
                   negative_rate: float = 0.2) -> Path:
     """A mixture YAML over `sets` (as `write_format_samples` returns them), paths relative to its folder."""
     path = Path(path)
-    rel = lambda p: str(Path(p).resolve().relative_to(path.parent.resolve()))  # noqa: E731
+    def rel(p: Path) -> str:  # relative to the mixture file when below its folder, else absolute
+        p = Path(p).resolve()
+        return str(p.relative_to(path.parent.resolve())) if p.is_relative_to(path.parent.resolve()) else str(p)
+
     sources = [{"name": fmt, "format": fmt, "anno": rel(anno), "media": rel(media), "weight": (weights or {}).get(fmt, 1.0)}
                for fmt, (anno, media) in sets.items()]
     path.write_text(yaml.safe_dump({"negative_rate": negative_rate, "sources": sources}, sort_keys=False))

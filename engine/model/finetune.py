@@ -79,7 +79,7 @@ def trained_tensors(state: dict[str, torch.Tensor], trainable: set[str], base_vo
     for key, prefix in (("added_tokens.embed", "language_model.model.embed_tokens"), ("added_tokens.lm_head", "language_model.lm_head")):
         wrapped = f"{prefix}.added"  # an AddedRows wrapper (LoRA runs)
         out[key] = state[wrapped] if wrapped in state else state[f"{prefix}.weight"][base_vocab : base_vocab + n_added]
-    return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
+    return {k: v.detach().float().cpu().contiguous().clone() for k, v in out.items()}  # clone: no views shared
 
 
 def adapter_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
