@@ -83,7 +83,7 @@ class TrainSettings:
     precision: Precision = Precision.FP32
     grad_accum: int = 1  # micro-steps per optimizer step (DDP syncs gradients on the last only)
     grad_checkpointing: bool = False  # recompute the LLM's (and a trained SigLIP's) activations in backward
-    fsdp: bool = False  # shard parameters, gradients and optimizer state (torchrun, CUDA; for the 7B)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the torchrun ranks (for the 7B)
     # runs on a base checkpoint (config.base_checkpoint): what is trained (engine/model/finetune.py)
     lora_rank: int = 16
     full_finetune: bool = False  # the whole LLM instead of LoRA adapters
@@ -329,7 +329,8 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                  sum(p.numel() for p in model.parameters()), group.world_size, precision.value, settings.grad_accum)
     runner = wrap_for_ranks(model, group, settings)
     scaler = torch.amp.GradScaler(group.device.type, enabled=precision is Precision.FP16)
-    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size, model.config.frame_grid)
+    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size,
+                              model.config.frame_grid).to(group.device)
     collator = Collator(model.vocab, model.tokenizer, model.config.tokens_per_frame, model.config.prompt_order)
     shard = Shard(group.rank, group.world_size, settings.grad_accum)
     image_size = model.config.vision.image_size
@@ -366,6 +367,8 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                     terms = crit(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
                     scaler.scale(terms.total / len(batches)).backward()
                 micro_terms.append(terms.as_floats())
+            if settings.fsdp:
+                sync_unsharded_grads(model, group)
             scaler.unscale_(opt)
             if settings.fsdp:
                 runner.clip_grad_norm_(1.0)
@@ -419,19 +422,39 @@ def wrap_for_ranks(model: SpaceVLLM, group: ProcessGroup, settings: TrainSetting
         assert not settings.fsdp, "--fsdp needs torchrun with more than one process"
         return model
     if settings.fsdp:
-        # Real code, proven only on paper here (CPU tests run DDP): one FSDP unit per transformer layer,
-        # use_orig_params for the mix of frozen and trainable parameters (LoRA, frozen vision).
+        # One FSDP unit per transformer layer; use_orig_params for the mix of frozen and trainable parameters
+        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/test_train_distributed.py); on CUDA
+        # fp16 would want FSDP's ShardedGradScaler (bf16 needs no scaler).
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
         assert model.config.base_checkpoint, "--fsdp is for runs on a base checkpoint (the 7B)"
         layers = {type(m) for m in model.modules() if type(m).__name__ in ("Qwen2DecoderLayer", "SiglipEncoderLayer")}
-        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy(layers), use_orig_params=True,
-                    device_id=group.device if group.device.type == "cuda" else None)
+        # FSDP cannot shard 0-d parameters (the space decoder's presence_match): they stay whole on every rank,
+        # and `sync_unsharded_grads` averages their gradients
+        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy(layers), use_orig_params=True, device_id=group.device,
+                    ignored_states=unsharded_parameters(model))
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     # some parameters sit out some steps (the image query on video batches, the frame queries on images)
     return DDP(model, device_ids=[group.device.index] if group.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+def unsharded_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters FSDP leaves whole (it cannot shard 0-d tensors)."""
+    return [p for p in model.parameters() if p.ndim == 0]
+
+
+def sync_unsharded_grads(model: torch.nn.Module, group: ProcessGroup) -> None:
+    """Average over ranks the gradients of the parameters FSDP left whole (FSDP reduces only its own)."""
+    import torch.distributed as dist
+
+    for p in unsharded_parameters(model):
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= group.world_size
 
 
 def checkpoint(out: Path, model: SpaceVLLM, runner: torch.nn.Module, opt, step: int, settings: TrainSettings, elapsed_s: float,
@@ -441,7 +464,7 @@ def checkpoint(out: Path, model: SpaceVLLM, runner: torch.nn.Module, opt, step: 
     if settings.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-        model_state, optim_state = get_state_dict(runner, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        model_state, optim_state = get_state_dict(runner, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=group.device.type == "cuda"))
         gathered = GatheredState(model_state, dict(optim_state.get("state", {})), trainable)
     if group.is_main:
         save_train_state(out, model, opt, step, settings, elapsed_s, gathered)

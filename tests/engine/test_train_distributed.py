@@ -18,8 +18,21 @@ from tests.engine.conftest import llava_test_config, write_tiny_llava
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, BATCH, FRAMES = 8, 4, 4
-TRAIN_ARGS = ["--steps", str(STEPS), "--batch-size", str(BATCH), "--frames", str(FRAMES), "--lr", "3e-3", "--warmup", "1",
-              "--seed", "0"]
+
+
+def _train_args(root: Path, out: str, steps: int = STEPS) -> list[str]:
+    """`spacevllm train` on the tiny base and the mixture under `root`."""
+    return ["-m", "engine.cli", "train", "--config", str(root / "model.json"), "--base", str(root / "llava"),
+            "--mixture", str(root / "mix.yaml"), "--out", str(root / out), "--steps", str(steps), "--batch-size", str(BATCH),
+            "--frames", str(FRAMES), "--lr", "3e-3", "--warmup", "1", "--seed", "0"]
+
+
+def _torchrun(root: Path, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +43,8 @@ def ddp_run(tmp_path_factory):
     write_tiny_llava(root / "llava")
     write_mixture(root / "mix.yaml", write_format_samples(root / "data", n=3, seed=1, seconds=2.0))
     save_config(llava_test_config(max_time_s=20.0), root / "model.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "engine.cli", "train", "--config", str(root / "model.json"), "--base", str(root / "llava"),
-           "--mixture", str(root / "mix.yaml"), "--out", str(root / "out"), *TRAIN_ARGS,
-           "--grad-accum", "2", "--workers", "1", "--write-digests"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = _torchrun(root, _train_args(root, "out") + ["--grad-accum", "2", "--workers", "1", "--write-digests"])
     return root, proc, time.monotonic() - started
 
 
@@ -138,3 +145,16 @@ def test_a_two_process_run_resumes_in_one_process(ddp_run, tmp_path):
     moments = load_file(str(out / "train_state.safetensors"))
     lora_steps = {float(v) for k, v in moments.items() if "lora_A" in k and k.endswith("::step")}
     assert lora_steps == {float(STEPS + 2)}
+
+
+def test_torchrun_with_fsdp_trains_and_its_checkpoint_loads_in_the_engine(ddp_run):
+    from engine.model.checkpoint import load_model
+
+    root, _, _ = ddp_run
+    # given the same base and mixture, sharded over 2 processes with FSDP (gloo on the CPU)
+    _torchrun(root, _train_args(root, "fsdp", steps=2) + ["--workers", "0", "--fsdp"])
+    # then rank 0 gathered the full state into a checkpoint at step 2 that the engine loads and grounds with
+    assert json.loads((root / "fsdp" / "train_state.json").read_text())["step"] == 2
+    model = load_model(root / "fsdp")
+    (g,) = model.ground(model.encode_window(torch.rand(FRAMES, 3, 28, 28), [0.0, 0.5, 1.0, 1.5]), ["the red circle"])
+    assert 0.0 <= g.score <= 1.0
