@@ -91,8 +91,9 @@ class TrainSettings:
     digests: bool = False  # every rank writes digests/rank<r>.json (a hash of its weights) at the end
 
 
-def batch_samples(settings: TrainSettings, index: int, size: int, image_size: int = 64, shard: Shard = Shard(), micro: int = 0):
+def batch_samples(settings: TrainSettings, index: int, size: int, image_size: int = 64, shard: Shard | None = None, micro: int = 0):
     """Synthetic global batch `index` (deterministic per (seed, index)), or only `shard`'s micro-batch `micro` of it."""
+    shard = shard or Shard()
     rng = np.random.default_rng([settings.seed, index])
     task = ("stvg", "vtg", "rec")[int(rng.choice(3, p=np.asarray(settings.task_mix) / sum(settings.task_mix)))]
     if task == "rec":

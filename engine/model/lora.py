@@ -35,7 +35,7 @@ class LoraSettings:
         return {**asdict(self), "target_modules": list(self.target_modules)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoraSettings":
+    def from_dict(cls, data: dict) -> LoraSettings:
         return cls(rank=int(data["rank"]), alpha=float(data["alpha"]), dropout=float(data["dropout"]),
                    target_modules=tuple(data["target_modules"]))
 
