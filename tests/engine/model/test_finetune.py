@@ -119,3 +119,17 @@ def test_adapter_settings_are_read_from_the_run_not_the_flags(llava_dir, tmp_pat
     resumed = load_for_training(_config(llava_dir[0]), FinetuneSettings(lora=LoraSettings(rank=8)), tmp_path / "run")
     assert resumed.language_model.peft_config["default"].r == 4
     assert dataclasses.asdict(LoraSettings.from_dict(LoraSettings(rank=4).to_dict())) == dataclasses.asdict(LoraSettings(rank=4))
+
+
+def test_a_heads_file_of_the_older_format_still_loads(llava_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    # given a heads file with only STQ, motion, space decoder and added rows (before answer/decoder words, the probe)
+    model = _trained(llava_dir, FinetuneSettings(lora=None))
+    save_finetuned(model, tmp_path / "run")
+    heads = load_file(str(tmp_path / "run" / "model.safetensors"))
+    old = {k: v for k, v in heads.items() if k.startswith(("stq", "motion.", "space_decoder.", "added_tokens."))}
+    save_file(old, str(tmp_path / "run" / "model.safetensors"))
+    # when loaded, then those tensors are the saved ones and the newer additions keep their initialisation
+    loaded = load_model(tmp_path / "run")
+    assert torch.equal(loaded.stq, old["stq"]) and not loaded.answer_words.weight.detach().any()
