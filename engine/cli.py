@@ -24,24 +24,54 @@ def main(verbose: bool) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False), help="Model config YAML.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model directory.")
 @click.option("--steps", default=6000, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Global batch per optimizer step (over all ranks and micro-steps).")
 @click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup", default=200, show_default=True, help="Steps of linear learning-rate warm-up.")
+@click.option("--checkpoint-every", default=250, show_default=True, help="Steps between checkpoints (and at the end).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", default=0.0, show_default=True, help="Stop with a checkpoint after this long (0: no limit).")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out (any number of processes).")
 @click.option("--threads", default=0, help="Torch threads (0: default).")
-@click.option("--task-mix", default="0.45,0.15,0.4", show_default=True, help="Shares of STVG, VTG, REC batches.")
-@click.option("--rec-batch-size", default=64, show_default=True, help="Batch size of single-image (REC) batches.")
-@click.option("--negative-rate", default=0.3, show_default=True, help="Share of samples whose caption matches nothing.")
+@click.option("--task-mix", default="0.45,0.15,0.4", show_default=True, help="Shares of STVG, VTG, REC batches. (synthetic)")
+@click.option("--rec-batch-size", default=64, show_default=True, help="Batch size of single-image (REC) batches. (synthetic)")
+@click.option("--negative-rate", default=0.3, show_default=True, help="Share of samples whose caption matches nothing. (synthetic)")
 @click.option("--pair-rate", default=0.0, show_default=True,
               help="Share of each batch made of contrastive pairs (a positive and its one-attribute near miss on the same clip).")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False),
               help="Fine-tune this model directory's weights (fresh optimizer and schedule) instead of starting from scratch.")
-def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, threads, task_mix, rec_batch_size, negative_rate,
-          pair_rate, init_from) -> None:
-    """Train a model on synthetic Uni-STG scenes."""
+@click.option("--mixture", type=click.Path(exists=True, dir_okay=False),
+              help="Train on real datasets: a mixture YAML (see configs/data/mixture-example.yaml) instead of synthetic scenes.")
+@click.option("--base", "base_dir", type=click.Path(exists=True, file_okay=False),
+              help="A local LLaVA-OneVision checkpoint to start from (sets the config's base_checkpoint).")
+@click.option("--frames", default=16, show_default=True, help="Frames per clip.")
+@click.option("--workers", default=1, show_default=True, help="DataLoader worker processes building batches (0: in the training process).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (under torchrun: each rank's own GPU).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast dtype; fp16 adds a gradient scaler.")
+@click.option("--grad-accum", default=1, show_default=True, help="Micro-steps per optimizer step.")
+@click.option("--grad-checkpointing", is_flag=True, help="Recompute the LLM's activations in the backward pass (less memory).")
+@click.option("--fsdp", is_flag=True, help="Shard the model over the torchrun ranks (FSDP) instead of DDP. (base checkpoints)")
+@click.option("--lora-rank", default=16, show_default=True, help="Rank of the LLM's LoRA adapters. (base checkpoints)")
+@click.option("--full-finetune", is_flag=True, help="Train the whole LLM instead of LoRA adapters. (base checkpoints)")
+@click.option("--train-vision", is_flag=True, help="Unfreeze the vision tower. (base checkpoints)")
+@click.option("--write-digests", is_flag=True, help="Every rank writes OUT/digests/rank<r>.json: a hash of its weights.")
+def train(config_path, out, steps, batch_size, lr, warmup, checkpoint_every, seed, max_minutes, resume, threads, task_mix, rec_batch_size, negative_rate,
+          pair_rate, init_from, mixture, base_dir, frames, workers, device, precision, grad_accum, grad_checkpointing, fsdp,
+          lora_rank, full_finetune, train_vision, write_digests) -> None:
+    """Train a model: synthetic Uni-STG scenes, or real datasets (--mixture); one process, or DDP under torchrun.
+
+    \b
+    torchrun --nproc_per_node 8 -m engine.cli train --config configs/model/spacevllm-7b.yaml \\
+        --base /models/llava-onevision-qwen2-7b-ov --mixture data.yaml --precision bf16 --out runs/7b
+    """
+    import dataclasses
+    import os
+
     import torch
 
+    from engine.data.formats import FormatError
+    from engine.data.mixture import RecordError
+    from engine.model.checkpoint import CheckpointError
     from engine.model.config import load_config
     from engine.train import TrainSettings, train as run
 
@@ -56,11 +86,31 @@ def train(config_path, out, steps, batch_size, lr, seed, max_minutes, resume, th
         raise click.BadParameter("a share in [0, 1)", param_hint="--negative-rate")
     if not 0 <= pair_rate <= 1:
         raise click.BadParameter("a share in [0, 1]", param_hint="--pair-rate")
-    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes,
-                             task_mix=mix, rec_batch_size=rec_batch_size, negative_rate=negative_rate, pair_rate=pair_rate)
-    metrics = run(load_config(config_path), Path(out), settings, resume=resume, init_from=Path(init_from) if init_from else None)
-    click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if grad_accum < 1 or batch_size < world * grad_accum:
+        raise click.BadParameter(f"--batch-size {batch_size} must be at least ranks ({world}) x --grad-accum ({grad_accum})",
+                                 param_hint="--grad-accum")
+    config = load_config(config_path)
+    if base_dir:
+        config = dataclasses.replace(config, base_checkpoint=str(Path(base_dir).resolve()))
+    elif config.base_checkpoint:
+        base = Path(config.base_checkpoint)
+        config = dataclasses.replace(config, base_checkpoint=str(base if base.is_absolute() else (Path(config_path).parent / base).resolve()))
+    if fsdp and (world == 1 or not config.base_checkpoint):
+        raise click.BadParameter("FSDP shards a base-checkpoint model over torchrun ranks (WORLD_SIZE > 1)", param_hint="--fsdp")
+    if not config.base_checkpoint and (full_finetune or train_vision):
+        raise click.BadParameter("a model without a base checkpoint always trains every weight", param_hint="--full-finetune/--train-vision")
+    settings = TrainSettings(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, checkpoint_every=checkpoint_every,
+                             seed=seed, max_minutes=max_minutes, task_mix=mix, rec_batch_size=rec_batch_size, negative_rate=negative_rate, pair_rate=pair_rate,
+                             frames=frames, workers=workers, mixture=mixture, device=device, precision=precision,
+                             grad_accum=grad_accum, grad_checkpointing=grad_checkpointing, fsdp=fsdp, lora_rank=lora_rank,
+                             full_finetune=full_finetune, train_vision=train_vision, digests=write_digests)
+    try:
+        metrics = run(config, Path(out), settings, resume=resume, init_from=Path(init_from) if init_from else None)
+    except (RecordError, FormatError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if metrics:  # rank 0
+        click.echo(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
 
 @main.command()

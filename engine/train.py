@@ -1,20 +1,32 @@
-"""Training on synthetic Uni-STG samples: `spacevllm train --config ... --out DIR [--resume]`.
+"""Training: `spacevllm train --config ... --out DIR [--resume]`, one process or one per GPU under torchrun.
 
-Batches are generated on the fly by a thread pool (deterministic per (seed, batch index)),
-so a resumed run continues the exact sample stream. Checkpoints are safetensors only:
-`model.safetensors` + `config.json` + `tokenizer.json`, and `train_state.safetensors` /
-`train_state.json` (optimizer moments, step) for `--resume`.
+Samples are synthetic Uni-STG scenes (the tiny model's default), or real datasets through a mixture file
+(`--mixture`, `engine/data/mixture.py`). Each optimizer step consumes one global batch, deterministic per
+(seed, step), cut across ranks and accumulation micro-steps (`engine/data/steps.py`): a resumed run
+continues the exact sample stream at its step, with any world size. Batches are built in DataLoader workers.
+
+Under `torchrun --nproc_per_node N` (RANK/WORLD_SIZE/LOCAL_RANK set) the model is wrapped in DDP (or FSDP with
+`fsdp`), NCCL on CUDA and gloo on the CPU; rank 0 alone logs, shows progress and writes checkpoints. With
+DDP every rank holds the whole model and optimizer state, so rank 0's checkpoint is complete. Precision:
+`fp32`, or autocast in `bf16` / `fp16` (fp16 with a gradient scaler).
+
+Checkpoints are safetensors only. A model built from scratch (tiny): `model.safetensors` + `config.json` +
+`tokenizer.json`. A run on a base checkpoint (7B, `config.base_checkpoint`): heads + adapters
+(`engine/model/finetune.py`). Both add `train_state.safetensors` / `train_state.json` (optimizer moments by
+parameter name, un-sharded; step) for `--resume`, and `train_log.jsonl` (one line per step, rank 0).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +34,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from engine.data.collate import Batch, collate
+from engine.data.collate import Batch
+from engine.data.steps import BadRecord, Collator, Shard, step_loader
 from engine.data.synthetic import make_pair, make_sample
+from engine.distributed import ProcessGroup, barrier, init_process_group, mean_over_ranks, teardown
 from engine.model.checkpoint import load_model, save_model
-from engine.model.config import ScoreMode, SpaceVLLMConfig
+from engine.model.config import ScoreMode, SpaceVLLMConfig, load_config
 from engine.model.losses import SpaceVLLMCriterion
 from engine.model.spacevllm import SpaceVLLM, build_spacevllm
 from engine.model.tokenizer import train_tokenizer
@@ -35,10 +49,20 @@ log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 10_000_000  # held-out samples never collide with training seeds
 
 
+class Precision(str, Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast; no scaler needed (fp32's exponent range)
+    FP16 = "fp16"  # autocast + GradScaler
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self]
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     steps: int = 6000
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: summed over ranks and accumulation micro-steps
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
@@ -52,19 +76,55 @@ class TrainSettings:
     eval_samples: int = 64
     calibration_samples: int = 300
     max_minutes: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 = no limit
-    workers: int = 1
+    workers: int = 1  # DataLoader worker processes building batches (0: in the training process)
+    # real data, devices, precision (the defaults train the tiny model exactly as before them)
+    mixture: str | None = None  # a mixture YAML (engine/data/mixture.py); None: synthetic scenes
+    device: str = "auto"  # auto: this rank's GPU when CUDA is available, else the CPU
+    precision: Precision = Precision.FP32
+    grad_accum: int = 1  # micro-steps per optimizer step (DDP syncs gradients on the last only)
+    grad_checkpointing: bool = False  # recompute the LLM's (and a trained SigLIP's) activations in backward
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the torchrun ranks (for the 7B)
+    # runs on a base checkpoint (config.base_checkpoint): what is trained (engine/model/finetune.py)
+    lora_rank: int = 16
+    full_finetune: bool = False  # the whole LLM instead of LoRA adapters
+    train_vision: bool = False  # unfreeze the vision tower
+    digests: bool = False  # every rank writes digests/rank<r>.json (a hash of its weights) at the end
 
 
-def batch_samples(settings: TrainSettings, index: int, size: int, image_size: int = 64):
+def batch_samples(settings: TrainSettings, index: int, size: int, image_size: int = 64, shard: Shard | None = None, micro: int = 0):
+    """Synthetic global batch `index` (deterministic per (seed, index)), or only `shard`'s micro-batch `micro` of it."""
+    shard = shard or Shard()
     rng = np.random.default_rng([settings.seed, index])
     task = ("stvg", "vtg", "rec")[int(rng.choice(3, p=np.asarray(settings.task_mix) / sum(settings.task_mix)))]
     if task == "rec":
         size = settings.rec_batch_size
     pairs = int(round(size * settings.pair_rate / 2))
     seeds = [int(x) for x in rng.integers(0, EVAL_SEED_OFFSET, size - pairs)]
-    samples = [x for s in seeds[:pairs] for x in make_pair(s, task, frames=settings.frames, size=image_size)]
-    return samples + [make_sample(s, task, frames=settings.frames, size=image_size, negative_rate=settings.negative_rate)
-                      for s in seeds[pairs:]]
+    start, stop = shard.bounds(size, micro)
+    out, made = [], {}
+    for pos in range(start, stop):  # positions 0 .. 2*pairs-1 are the pairs' members, then one sample per seed
+        if pos < 2 * pairs:
+            if pos // 2 not in made:
+                made[pos // 2] = make_pair(seeds[pos // 2], task, frames=settings.frames, size=image_size)
+            out.append(made[pos // 2][pos % 2])
+        else:
+            out.append(make_sample(seeds[pos - pairs], task, frames=settings.frames, size=image_size,
+                                   negative_rate=settings.negative_rate))
+    return out
+
+
+class SyntheticSteps(torch.utils.data.Dataset):
+    """Item `step`: this rank's micro-batches of synthetic global batch `step`."""
+
+    def __init__(self, settings: TrainSettings, image_size: int, collator: Collator, shard: Shard) -> None:
+        self.settings, self.image_size, self.collator, self.shard = settings, image_size, collator, shard
+
+    def __len__(self) -> int:
+        return self.settings.steps
+
+    def __getitem__(self, step: int) -> list[Batch]:
+        return [self.collator(batch_samples(self.settings, step, self.settings.batch_size, self.image_size, self.shard, m))
+                for m in range(self.shard.grad_accum)]
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -74,17 +134,42 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_train_state(out: Path, model: SpaceVLLM, opt: torch.optim.Optimizer, step: int, settings: TrainSettings, elapsed_s: float) -> None:
-    save_model(model, out)
-    names = {id(p): n for n, p in model.named_parameters()}
+def save_weights(model: SpaceVLLM, out: Path, full_state: dict[str, torch.Tensor] | None = None,
+                 trainable: set[str] | None = None) -> None:
+    """The model directory: a whole model (tiny), or heads + adapters naming the base checkpoint (7B).
+    `full_state` / `trainable`: the gathered state dict and trainable names when `model` holds FSDP shards."""
+    if model.config.base_checkpoint:
+        from engine.model.finetune import save_finetuned
+
+        save_finetuned(model, out, full_state, trainable)
+    else:
+        save_model(model, out)
+
+
+@dataclass(frozen=True)
+class GatheredState:
+    """An FSDP run's full (un-sharded) state, gathered to rank 0's CPU memory for a checkpoint."""
+
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, dict]  # parameter name -> {exp_avg, exp_avg_sq, step}
+    trainable: set[str]
+
+
+def save_train_state(out: Path, model: SpaceVLLM, opt: torch.optim.Optimizer, step: int, settings: TrainSettings, elapsed_s: float,
+                     gathered: GatheredState | None = None) -> None:
+    """Weights, optimizer moments (by parameter name: the same for any world size) and the step."""
+    if gathered is None:
+        save_weights(model, out)
+        names = {id(p): n for n, p in model.named_parameters()}
+        optimizer_state = {names[id(p)]: opt.state[p] for g in opt.param_groups for p in g["params"] if opt.state.get(p)}
+    else:
+        save_weights(model, out, gathered.model_state, gathered.trainable)
+        optimizer_state = gathered.optimizer_state
     tensors = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st:
-                for k in ("exp_avg", "exp_avg_sq"):
-                    tensors[f"{names[id(p)]}::{k}"] = st[k].contiguous()
-                tensors[f"{names[id(p)]}::step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    for name, st in optimizer_state.items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            tensors[f"{name}::{k}"] = st[k].detach().cpu().contiguous()
+        tensors[f"{name}::step"] = torch.as_tensor(st["step"], dtype=torch.float32).cpu().reshape(1)
     save_file(tensors, str(out / "train_state.safetensors"))
     (out / "train_state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed_s, "settings": settings.__dict__}, indent=2))
 
@@ -96,7 +181,7 @@ def load_train_state(out: Path, model: SpaceVLLM, opt: torch.optim.Optimizer) ->
     for name, p in params.items():
         if f"{name}::exp_avg" in tensors:
             opt.state[p] = {
-                "exp_avg": tensors[f"{name}::exp_avg"], "exp_avg_sq": tensors[f"{name}::exp_avg_sq"],
+                "exp_avg": tensors[f"{name}::exp_avg"].to(p.device), "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(p.device),
                 "step": tensors[f"{name}::step"].reshape(()),
             }
     return int(meta["step"]), float(meta.get("elapsed_s", 0.0))
@@ -173,69 +258,155 @@ def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_o
 def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool = False,
           init_from: Path | None = None) -> dict[str, float]:
     """Train `config` from scratch, continue the run in `out` (`resume`), or fine-tune the weights of the
-    model in `init_from` (its config and tokenizer; fresh optimizer and schedule)."""
-    torch.manual_seed(settings.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "train_state.json").is_file():
-        model = load_model(out, allow_missing=("motion.",))
+    model in `init_from` (its config and tokenizer; fresh optimizer and schedule). A config naming a
+    `base_checkpoint` starts from that checkpoint (see `engine/model/finetune.py`). Under torchrun, every rank
+    calls this; rank 0 returns the metrics, the others an empty dict."""
+    group = init_process_group(settings.device)
+    try:
+        return _train(group, config, out, settings, resume, init_from)
+    finally:
+        teardown(group)
+
+
+def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resuming: bool, init_from: Path | None) -> SpaceVLLM:
+    """The model to train, on the CPU: resumed from `out`, fine-tuned from `init_from`, or new."""
+    source = out if resuming else init_from
+    if source is not None:
+        config = load_config(source / "config.json")
+    if config.base_checkpoint:
+        from engine.model.finetune import FinetuneSettings, load_for_training
+        from engine.model.lora import LoraSettings
+
+        fs = FinetuneSettings(lora=None if settings.full_finetune else LoraSettings(rank=settings.lora_rank,
+                                                                                     alpha=2.0 * settings.lora_rank),
+                              train_vision=settings.train_vision)
+        log.info("%s %s on base %s", "resuming" if resuming else "fine-tuning" if source else "training",
+                 source or config.name, config.base_checkpoint)
+        return load_for_training(config, fs, source)
+    if resuming:
         log.info("resuming from %s", out)
-    elif init_from is not None:
-        model = load_model(init_from)
+        return load_model(out, allow_missing=("motion.",))
+    if init_from is not None:
         log.info("fine-tuning %s", init_from)
-    else:
-        model = build_spacevllm(config, train_tokenizer(config.max_time_s))
+        return load_model(init_from)
+    return build_spacevllm(config, train_tokenizer(config.max_time_s))
+
+
+def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool,
+           init_from: Path | None) -> dict[str, float]:
+    torch.manual_seed(settings.seed)
+    if not group.is_main:  # rank 0 alone logs (errors excepted)
+        logging.getLogger().setLevel(logging.ERROR)
+    precision = Precision(settings.precision)
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(group)
+    resuming = resume and (out / "train_state.json").is_file()
+    model = build_model(config, out, settings, resuming, init_from)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "stq" not in n and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "stq" not in n and "pos" not in n)]
+    if precision is not Precision.FP32:  # frozen weights in the compute dtype: half the memory of the frozen base
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(precision.dtype)
+    model.to(group.device)
+    if settings.grad_checkpointing:
+        for part in (model.language_model, getattr(model.vision_tower, "model", None)):
+            if part is None or not any(p.requires_grad for p in part.parameters()):
+                continue
+            kwargs = {"use_reentrant": False}  # non-reentrant: fine with DDP and with frozen inputs (LoRA)
+            if hasattr(part, "activation_checkpointing_enable"):  # its newer name (transformers 5.x)
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            elif hasattr(part, "gradient_checkpointing_enable"):
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = {n for n, _ in named}
+    decay = [p for n, p in named if p.ndim >= 2 and "stq" not in n and "pos" not in n]
+    no_decay = [p for n, p in named if not (p.ndim >= 2 and "stq" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=settings.lr, betas=(0.9, 0.98))
-    step, elapsed = (load_train_state(out, model, opt) if resume and (out / "train_state.json").is_file() else (0, 0.0))
-    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size, model.config.frame_grid)
-    tok, vocab, p = model.tokenizer, model.vocab, model.config.tokens_per_frame
+    step, elapsed = load_train_state(out, model, opt) if resuming else (0, 0.0)
+    if group.is_main:
+        log.info("%d trainable parameters of %d (%d ranks, %s, %d micro-steps per step)", sum(p.numel() for _, p in named),
+                 sum(p.numel() for p in model.parameters()), group.world_size, precision.value, settings.grad_accum)
+    runner = wrap_for_ranks(model, group, settings)
+    scaler = torch.amp.GradScaler(group.device.type, enabled=precision is Precision.FP16)
+    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size,
+                              model.config.frame_grid).to(group.device)
+    collator = Collator(model.vocab, model.tokenizer, model.config.tokens_per_frame, model.config.prompt_order)
+    shard = Shard(group.rank, group.world_size, settings.grad_accum)
+    image_size = model.config.vision.image_size
+    if settings.mixture:
+        from engine.data.mixture import MixtureSteps, load_mixture
 
-    def make(index: int) -> Batch:
-        return collate(batch_samples(settings, index, settings.batch_size, model.config.vision.image_size), vocab, tok, p,
-                       model.config.prompt_order)
+        dataset = MixtureSteps(load_mixture(settings.mixture), settings.seed, settings.batch_size, settings.frames, image_size,
+                               model.config.max_time_s, collator, shard, settings.steps)
+    else:
+        dataset = SyntheticSteps(settings, image_size, collator, shard)
 
     started = time.monotonic()
-    pool = ThreadPoolExecutor(max_workers=settings.workers)
-    pending = deque(pool.submit(make, i) for i in range(step, min(settings.steps, step + 2 * settings.workers)))
-    next_index = step + len(pending)
-    bar = tqdm(total=settings.steps, initial=step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=settings.steps, initial=step, desc="train", dynamic_ncols=True, disable=not group.is_main)
     window = deque(maxlen=50)
+    last: dict[str, float] = {}
     try:
-        while step < settings.steps:
-            batch = pending.popleft().result()
-            if next_index < settings.steps:
-                pending.append(pool.submit(make, next_index))
-                next_index += 1
+        for batches in step_loader(dataset, step, settings.steps, settings.workers):
+            if isinstance(batches, BadRecord):
+                from engine.data.mixture import RecordError
+
+                raise RecordError(batches.message)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, settings)
             t0 = time.monotonic()
-            outp = model(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
-            terms = crit(outp.logits, batch.labels, outp.decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence,
-                         outp.answer_presence_logits)
             opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            micro_terms = []
+            for m, batch in enumerate(batches):
+                batch = to_device(batch, group.device)
+                final = m == len(batches) - 1
+                with (runner.no_sync() if group.distributed and not final else nullcontext()):
+                    with torch.autocast(group.device.type, dtype=precision.dtype, enabled=precision is not Precision.FP32):
+                        outp = runner(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
+                    logits, decoder, presence_logits = float_outputs(outp)  # the losses in fp32 (no-ops in fp32 runs)
+                    terms = crit(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
+                    scaler.scale(terms.total / len(batches)).backward()
+                micro_terms.append(terms.as_floats())
+            if settings.fsdp:
+                sync_unsharded_grads(model, group)
+            scaler.unscale_(opt)
+            if settings.fsdp:
+                runner.clip_grad_norm_(1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+            scaler.step(opt)
+            scaler.update()
             step += 1
-            window.append((terms.as_floats(), time.monotonic() - t0, batch.pixels.shape[0]))
+            last = averaged(micro_terms, group)
+            window.append((last, time.monotonic() - t0, settings.batch_size if group.distributed else sum(b.pixels.shape[0] for b in batches)))
+            if group.is_main:
+                with open(out / "train_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "lr": lr_at(step - 1, settings), **last}) + "\n")
             if step % 10 == 0:
                 avg = {k: np.mean([w[0][k] for w in window]) for k in window[0][0]}
                 sps = sum(w[2] for w in window) / max(1e-9, sum(w[1] for w in window))
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in avg.items()}, "samples/s": f"{sps:.1f}"})
             bar.update(1)
-            timed_out = settings.max_minutes and (time.monotonic() - started) / 60 >= settings.max_minutes
+            timed_out = agreed_timeout(settings, started, group)
             if step % settings.checkpoint_every == 0 or step == settings.steps or timed_out:
-                save_train_state(out, model, opt, step, settings, elapsed + time.monotonic() - started)
-                log.info("checkpoint at step %d", step)
+                checkpoint(out, model, runner, opt, step, settings, elapsed + time.monotonic() - started, group, trainable)
             if timed_out:
                 log.info("stopping after %.1f minutes at step %d (resume with --resume)", settings.max_minutes, step)
                 break
     finally:
         bar.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+    if settings.digests and not settings.fsdp:  # an FSDP rank holds shards: nothing to compare
+        write_digest(out, model, step, group, trainable)
+    if not group.is_main:
+        return {}
+    if settings.mixture or model.config.base_checkpoint:  # the synthetic calibration and quick eval do not apply
+        metrics = {"loss": last.get("total", float("nan"))}
+        (out / "train_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+        log.info("trained to step %d; calibrate the match threshold on held-out data of this domain", step)
+        return metrics
+    model.to("cpu")
+    model.train()
     threshold, mode, calib = calibrate_threshold(model, n=settings.calibration_samples, frames=settings.frames)
     model.config = dataclasses.replace(model.config, default_threshold=threshold, score=mode)
     save_model(model, out)
@@ -244,3 +415,114 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
     (out / "train_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
     log.info("held-out quick eval at step %d: %s", step, metrics)
     return metrics
+
+
+def wrap_for_ranks(model: SpaceVLLM, group: ProcessGroup, settings: TrainSettings) -> torch.nn.Module:
+    """The module the steps run through: the model itself alone, else DDP (or FSDP)."""
+    if not group.distributed:
+        assert not settings.fsdp, "--fsdp needs torchrun with more than one process"
+        return model
+    if settings.fsdp:
+        # One FSDP unit per transformer layer; use_orig_params for the mix of frozen and trainable parameters
+        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/test_train_distributed.py); on CUDA
+        # fp16 would want FSDP's ShardedGradScaler (bf16 needs no scaler).
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        assert model.config.base_checkpoint, "--fsdp is for runs on a base checkpoint (the 7B)"
+        layers = {type(m) for m in model.modules() if type(m).__name__ in ("Qwen2DecoderLayer", "SiglipEncoderLayer")}
+        # FSDP cannot shard 0-d parameters (the space decoder's presence_match): they stay whole on every rank,
+        # and `sync_unsharded_grads` averages their gradients
+        return FSDP(model, auto_wrap_policy=ModuleWrapPolicy(layers), use_orig_params=True, device_id=group.device,
+                    ignored_states=unsharded_parameters(model))
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # some parameters sit out some steps (the image query on video batches, the frame queries on images)
+    return DDP(model, device_ids=[group.device.index] if group.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+def unsharded_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters FSDP leaves whole (it cannot shard 0-d tensors)."""
+    return [p for p in model.parameters() if p.ndim == 0]
+
+
+def sync_unsharded_grads(model: torch.nn.Module, group: ProcessGroup) -> None:
+    """Average over ranks the gradients of the parameters FSDP left whole (FSDP reduces only its own)."""
+    import torch.distributed as dist
+
+    for p in unsharded_parameters(model):
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= group.world_size
+
+
+def checkpoint(out: Path, model: SpaceVLLM, runner: torch.nn.Module, opt, step: int, settings: TrainSettings, elapsed_s: float,
+               group: ProcessGroup, trainable: set[str]) -> None:
+    """Rank 0 writes the checkpoint (with FSDP every rank first takes part in gathering the full state)."""
+    gathered = None
+    if settings.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        model_state, optim_state = get_state_dict(runner, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=group.device.type == "cuda"))
+        gathered = GatheredState(model_state, dict(optim_state.get("state", {})), trainable)
+    if group.is_main:
+        save_train_state(out, model, opt, step, settings, elapsed_s, gathered)
+        log.info("checkpoint at step %d", step)
+    barrier(group)
+
+
+def float_outputs(outp) -> tuple[torch.Tensor, object, torch.Tensor]:
+    """(logits, decoder outputs, answer-presence logits) as float32 (the same tensors when they already are)."""
+    dec = outp.decoder
+    dec = dataclasses.replace(dec, **{f.name: getattr(dec, f.name).float() for f in dataclasses.fields(dec)
+                                      if torch.is_tensor(getattr(dec, f.name)) and getattr(dec, f.name).is_floating_point()})
+    return outp.logits.float(), dec, outp.answer_presence_logits.float()
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(*(getattr(batch, f.name).to(device, non_blocking=True) for f in dataclasses.fields(batch)))
+
+
+def averaged(micro_terms: list[dict[str, float]], group: ProcessGroup) -> dict[str, float]:
+    """Loss terms averaged over this step's micro-batches and over every rank."""
+    keys = list(micro_terms[0])
+    local = torch.tensor([[t[k] for k in keys] for t in micro_terms], dtype=torch.float64).mean(0)
+    if len(micro_terms) == 1 and not group.distributed:
+        return micro_terms[0]
+    return dict(zip(keys, mean_over_ranks(local, group).tolist()))
+
+
+def agreed_timeout(settings: TrainSettings, started: float, group: ProcessGroup) -> bool:
+    """Past `max_minutes`, by rank 0's clock (every rank must stop at the same step)."""
+    if not settings.max_minutes:
+        return False
+    flag = torch.tensor([float((time.monotonic() - started) / 60 >= settings.max_minutes)])
+    if group.distributed:
+        import torch.distributed as dist
+
+        flag = flag.to(group.device)
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def weights_digest(model: SpaceVLLM, names: set[str] | None = None) -> str:
+    """sha256 over parameter names and values (float32 bytes), in name order: equal digests, equal weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if names is None or name in names:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_digest(out: Path, model: SpaceVLLM, step: int, group: ProcessGroup, trainable: set[str]) -> None:
+    """digests/rank<r>.json: this rank's step and weight digests (all parameters and the trained ones)."""
+    d = out / "digests"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"rank{group.rank}.json").write_text(json.dumps({
+        "rank": group.rank, "world_size": group.world_size, "step": step,
+        "all": weights_digest(model), "trainable": weights_digest(model, trainable)}, indent=2))

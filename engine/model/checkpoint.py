@@ -1,5 +1,9 @@
 """Checkpoint I/O: a model directory holds `config.json`, `model.safetensors`, `tokenizer.json`.
 
+A directory whose config names a `base_checkpoint` (the 7B) holds only what training made: `model.safetensors`
+with the SpaceVLLM heads (and any base tensor training changed), and, after a LoRA run, `adapters.safetensors`
++ `adapter_config.json`. Loading builds the base, loads the heads, and merges the adapters into the LLM.
+
 Never pickle: weights are safetensors; `.bin`/`.pt`/`.pkl` files are refused.
 The 7B config's base weights come from a local LLaVA-OneVision directory (see `llava_onevision.py`).
 """
@@ -103,8 +107,13 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> Sp
         from engine.model.llava_onevision import load_from_llava_onevision
 
         heads = d / "model.safetensors"
-        return load_from_llava_onevision(config, _base_dir(d, cfg_path, config.base_checkpoint),
-                                         heads if heads.is_file() else None)
+        model = load_from_llava_onevision(config, _base_dir(d, cfg_path, config.base_checkpoint),
+                                          heads if heads.is_file() else None)
+        if (d / "adapters.safetensors").is_file():  # LoRA adapters from training: merged into the LLM's weights once, here
+            from engine.model.lora import load_lora
+
+            load_lora(model.language_model, d, merge=True)
+        return model.eval()
     for name in ("model.safetensors", "tokenizer.json"):
         if not (d / name).is_file():
             raise CheckpointError(f"{d}: missing {name}")
@@ -153,6 +162,12 @@ def check_model_dir(directory: str | Path) -> str:
         base = _base_dir(d, cfg_path, config.base_checkpoint)
         if (d / "model.safetensors").is_file():
             safetensors_shapes(d / "model.safetensors")
+        if (d / "adapters.safetensors").is_file():
+            from engine.model.lora import read_lora_settings
+
+            safetensors_shapes(d / "adapters.safetensors")
+            lora = read_lora_settings(d)
+            return f"{config.name} (heads and rank-{lora.rank} LoRA adapters in {d}, base {base})"
         return f"{config.name} (heads in {d}, base {base})"
     for name in ("model.safetensors", "tokenizer.json"):
         if not (d / name).is_file():

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from tokenizers import AddedToken, Tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from engine.model.checkpoint import CheckpointError, check_state, refuse_pickle
+from engine.model.checkpoint import TRAINING_ONLY, ZERO_INIT_ADDITIONS, CheckpointError, check_state, read_safetensors, refuse_pickle
 from engine.model.config import SpaceVLLMConfig
 from engine.model.preprocess import PreprocessorError, base_preprocessor
 from engine.model.space_decoder import build_space_decoder
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # prompt words the constrained decoder needs as single tokens
 GRAMMAR_TOKENS = ["none", "from", "to"]
+BASE_PARTS = ("vision_tower.", "projector.", "language_model.")  # what the base checkpoint provides
+ADDED_ROWS = ("added_tokens.embed", "added_tokens.lm_head")
 
 
 def map_key(key: str) -> str | None:
@@ -112,18 +114,44 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
     if n_vocab > llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(n_vocab)
     if heads is not None:
-        with safe_open(str(heads), "pt") as sf:
-            head_state = {k: sf.get_tensor(k) for k in sf.keys()}
-        own = {k: v for k, v in model.state_dict().items() if k.startswith(("stq", "motion.", "space_decoder."))}
-        rows = {k: head_state.pop(k) for k in ("added_tokens.embed", "added_tokens.lm_head") if k in head_state}
-        check_state(own, head_state, f"{heads} (SpaceVLLM heads)")
-        model.load_state_dict(head_state, strict=False)
-        if rows:
-            with torch.no_grad():
-                emb, lm = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
-                k = rows["added_tokens.embed"].shape[0]
-                emb[base_vocab : base_vocab + k] = rows["added_tokens.embed"]
-                lm[base_vocab : base_vocab + k] = rows["added_tokens.lm_head"]
+        load_heads(model, heads, base_vocab)
     else:
         log.warning("no SpaceVLLM heads given: STQ embeddings, motion mixing and the space decoder are untrained")
     return model.eval()
+
+
+def load_heads(model: SpaceVLLM, heads: str | Path, base_vocab: int) -> None:
+    """Load a heads file into a model built on its base: every SpaceVLLM tensor outside the base parts
+    (STQ embeddings, motion, space decoder, ...; training-only and zero-initialised additions may be absent),
+    the rows of the added prompt tokens (`added_tokens.embed` / `added_tokens.lm_head`, rows from
+    `base_vocab` on), and any base tensor training changed (projector, a trained vision tower, a fully
+    fine-tuned LLM), which replaces the base's."""
+    state = read_safetensors(Path(heads))
+    rows = {k: state.pop(k) for k in ADDED_ROWS if k in state}
+    overrides = {k: state.pop(k) for k in list(state) if k.startswith(BASE_PARTS)}
+    full = model.state_dict()
+    own = {k: v for k, v in full.items() if not k.startswith(BASE_PARTS)}
+    kept = {k: v for k, v in own.items() if k not in state and k.startswith(TRAINING_ONLY + ZERO_INIT_ADDITIONS)}
+    check_state(own, {**state, **kept}, f"{heads} (SpaceVLLM heads)")
+    unknown = sorted(k for k in overrides if k not in full)
+    if unknown:
+        raise CheckpointError(f"{heads} (SpaceVLLM heads): base tensors the model lacks {unknown[:20]}")
+    check_state({k: full[k] for k in overrides}, overrides, f"{heads} (trained base tensors)")
+    model.load_state_dict({**state, **overrides}, strict=False)
+    if overrides:
+        log.info("%d base tensors replaced by trained ones from %s", len(overrides), heads)
+    if rows:
+        llm = model.language_model
+        with torch.no_grad():
+            emb, lm = llm.get_input_embeddings().weight, llm.get_output_embeddings().weight
+            k = rows["added_tokens.embed"].shape[0]
+            emb[base_vocab : base_vocab + k] = rows["added_tokens.embed"]
+            lm[base_vocab : base_vocab + k] = rows["added_tokens.lm_head"]
+
+
+def base_vocab_size(directory: str | Path) -> int:
+    """Tokens of the base checkpoint's own tokenizer: our prompt tokens' rows start there."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: missing tokenizer.json")
+    return Tokenizer.from_file(str(path)).get_vocab_size()

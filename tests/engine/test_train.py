@@ -52,3 +52,32 @@ def test_fine_tuning_starts_from_the_given_model(tiny_model, tmp_path):
     for name, value in tuned.state_dict().items():
         assert torch.equal(value, base[name]), name
     assert 0.0 <= tuned.config.default_threshold <= 1.0
+
+
+def test_a_synthetic_global_batch_cut_across_ranks_and_micro_steps_is_the_whole_batch():
+    from engine.data.steps import Shard
+
+    # given a global batch of 8 with contrastive pairs (pairs may straddle a cut)
+    settings = TrainSettings(frames=4, pair_rate=0.5, task_mix=(1.0, 0.0, 0.0))
+    whole = [s.caption for s in batch_samples(settings, 5, 8)]
+    # when 2 ranks x 2 micro-steps (or 3 ranks, uneven) each draw their part
+    for world, accum in ((2, 2), (3, 1)):
+        parts = [s.caption for r in range(world) for m in range(accum)
+                 for s in batch_samples(settings, 5, 8, shard=Shard(r, world, accum), micro=m)]
+        # then the parts in order are the whole batch
+        assert parts == whole, (world, accum)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_with_autocast_accumulation_and_checkpointing_runs_and_logs_every_step(tiny_config, tmp_path, precision):
+    import json
+
+    # given the tiny model, 2 steps of a batch of 4 in 2 micro-steps, activations recomputed in backward
+    settings = TrainSettings(steps=2, batch_size=4, rec_batch_size=4, frames=4, warmup=1, grad_accum=2, precision=precision,
+                             grad_checkpointing=True, workers=0, eval_samples=2, calibration_samples=4)
+    # when trained on the CPU (fp16: with the gradient scaler)
+    train(tiny_config, tmp_path / "run", settings)
+    # then every step logged finite losses and the model loads
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2] and all(np.isfinite(x["total"]) for x in log)
+    assert load_model(tmp_path / "run").config.name == tiny_config.name

@@ -3,34 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
 
 from engine.model.checkpoint import CheckpointError
-from engine.model.config import DecoderConfig, SpaceVLLMConfig, VisionConfig
 from engine.model.llava_onevision import load_from_llava_onevision
-
-
-@pytest.fixture
-def llava_dir(tmp_path):
-    torch.manual_seed(0)
-    vision = SiglipVisionConfig(hidden_size=32, image_size=28, patch_size=4, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64)
-    text = Qwen2Config(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1)
-    cfg = LlavaOnevisionConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
-    original = LlavaOnevisionForConditionalGeneration(cfg).eval()
-    original.save_pretrained(tmp_path)
-    vocab = {f"w{i}": i for i in range(100)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(tmp_path / "tokenizer.json"))
-    return tmp_path, original
+from tests.engine.conftest import llava_test_config
 
 
 def _config():
-    return SpaceVLLMConfig(name="llava-test", vision=VisionConfig(kind="siglip", image_size=28, patch_size=4, grid=7),
-                           decoder=DecoderConfig(width=32, num_layers=1, num_heads=2), pooled_grid=4, max_frames=8)
+    return llava_test_config()
 
 
 def test_loaded_vision_and_llm_outputs_equal_the_originals(llava_dir):
