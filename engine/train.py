@@ -338,7 +338,10 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
     if settings.mixture:
         from engine.data.mixture import MixtureSteps, load_mixture
 
-        dataset = MixtureSteps(load_mixture(settings.mixture), settings.seed, settings.batch_size, settings.frames, image_size,
+        from engine.model.preprocess import preprocessor_of
+
+        # real frames are resized by the model's own rule (the base checkpoint's preprocessor_config.json)
+        dataset = MixtureSteps(load_mixture(settings.mixture), settings.seed, settings.batch_size, settings.frames, preprocessor_of(model),
                                model.config.max_time_s, collator, shard, settings.steps)
     else:
         dataset = SyntheticSteps(settings, image_size, collator, shard)

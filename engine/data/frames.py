@@ -1,29 +1,31 @@
 """Frame preprocessing for training: decoded RGB frames -> what the model's vision tower takes.
 
-The one place training turns frames into pixels (`to_model_frames` at decode time, `to_model_pixels`
-in `collate`): area-resize to the model's square `vision.image_size`, then [0, 1] floats, CHW. The
-vision tower normalises (mean/std) itself. When preprocessing is read from a checkpoint's
-`preprocessor_config.json`, this module is what changes.
+Training turns frames into pixels here (`to_model_frames` at decode time, `to_model_pixels` in `collate`), with
+the model's own `ImagePreprocessor` (`engine.model.preprocess`: the tiny model's area resize, or the base
+checkpoint's preprocessor_config.json), the same rule as evaluation and the engine; then [0, 1] floats, CHW.
+The vision tower normalises (mean/std) itself.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from stream.imagecodec import resize
+from engine.model.preprocess import ImagePreprocessor
 
 
-def to_model_frames(frames_uint8_hwc: np.ndarray, image_size: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB -> (N, S, S, 3) uint8 (S = image_size). Frames already S x S are returned
-    unchanged (a copy), so synthetic samples, rendered at the model size, pass through exactly."""
+def to_model_frames(frames_uint8_hwc: np.ndarray, preprocessor: ImagePreprocessor | int) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, S, S, 3) uint8, resized by the model's preprocessor (an int S: the tiny rule at
+    S). Frames already S x S are returned unchanged (a copy), so synthetic samples, rendered at the model size, pass
+    through exactly."""
+    pre = ImagePreprocessor.tiny(preprocessor) if isinstance(preprocessor, int) else preprocessor
     frames = np.asarray(frames_uint8_hwc)
     assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, f"expected (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
-    if frames.shape[1:3] == (image_size, image_size):
+    if frames.shape[1:3] == (pre.size, pre.size):
         return frames.copy()
-    return np.stack([resize(f, image_size) for f in frames])
+    return np.stack([pre.resize(f) for f in frames])
 
 
-def to_model_pixels(frames_uint8_hwc: np.ndarray, image_size: int) -> torch.Tensor:
+def to_model_pixels(frames_uint8_hwc: np.ndarray, image_size: ImagePreprocessor | int) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB -> (N, 3, S, S) float32 in [0, 1], the vision tower's input."""
     frames = to_model_frames(frames_uint8_hwc, image_size)
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, S, S)

@@ -34,6 +34,7 @@ from engine.data.formats import READERS, FormatError, GroundingItem
 from engine.data.frames import to_model_frames
 from engine.data.steps import BadRecord, Collator, Shard
 from engine.data.synthetic import Sample
+from engine.model.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def sample_indices(n_frames: int, count: int) -> list[int]:
     return [int(k * n_frames / count) for k in range(count)]
 
 
-def draw_sample(mixture: Mixture, source_index: int, seed: int, global_index: int, frames: int, image_size: int,
+def draw_sample(mixture: Mixture, source_index: int, seed: int, global_index: int, frames: int, preprocessor: ImagePreprocessor | int,
                 max_time_s: float) -> Sample:
     """The sample at `global_index` of the stream (a record of source `source_index`, maybe as a negative)."""
     src = mixture.sources[source_index]
@@ -172,11 +173,11 @@ def draw_sample(mixture: Mixture, source_index: int, seed: int, global_index: in
         if other.caption.strip().lower() != item.caption.strip().lower() and other.media != item.media:
             caption, negative = other.caption, True
     if item.task == "rec":
-        return _image_sample(item, src.anno, caption, negative, image_size)
-    return _clip_sample(item, src.anno, caption, negative, frames, image_size, max_time_s, rng)
+        return _image_sample(item, src.anno, caption, negative, preprocessor)
+    return _clip_sample(item, src.anno, caption, negative, frames, preprocessor, max_time_s, rng)
 
 
-def _image_sample(item: GroundingItem, anno: Path, caption: str, negative: bool, image_size: int) -> Sample:
+def _image_sample(item: GroundingItem, anno: Path, caption: str, negative: bool, preprocessor: ImagePreprocessor | int) -> Sample:
     image = read_image(item, anno)
     h, w = image.shape[:2]
     boxes = np.zeros((1, 4), dtype=np.float32)
@@ -185,11 +186,11 @@ def _image_sample(item: GroundingItem, anno: Path, caption: str, negative: bool,
         boxes[0] = _cxcywh(item.gt_boxes[1], item.width or w, item.height or h)
         present[0] = True
     # as the synthetic REC samples: one frame at t = 0, the span (0, 0)
-    return Sample("rec", to_model_frames(image[None], image_size), (0.0,), caption, None if negative else (0.0, 0.0),
+    return Sample("rec", to_model_frames(image[None], preprocessor), (0.0,), caption, None if negative else (0.0, 0.0),
                   boxes, present, present.copy())
 
 
-def _clip_sample(item: GroundingItem, anno: Path, caption: str, negative: bool, frames: int, image_size: int,
+def _clip_sample(item: GroundingItem, anno: Path, caption: str, negative: bool, frames: int, preprocessor: ImagePreprocessor | int,
                  max_time_s: float, rng: np.random.Generator) -> Sample:
     n_total, fps = clip_length(item, anno)
     # the target's span in frames (0-based inclusive), when there is one
@@ -208,7 +209,7 @@ def _clip_sample(item: GroundingItem, anno: Path, caption: str, negative: bool, 
     else:
         start = int(rng.integers(0, n_total - window + 1))
     idx = [start + k for k in sample_indices(window, frames)]
-    pixels = read_frames(item, anno, idx, image_size)
+    pixels = read_frames(item, anno, idx, preprocessor)
     ts = tuple((k - start) / fps for k in idx)
     boxes = np.zeros((frames, 4), dtype=np.float32)
     present = np.zeros(frames, dtype=bool)
@@ -252,7 +253,7 @@ def clip_length(item: GroundingItem, anno: Path) -> tuple[int, float]:
     return n, fps
 
 
-def read_frames(item: GroundingItem, anno: Path, indices: list[int], image_size: int) -> np.ndarray:
+def read_frames(item: GroundingItem, anno: Path, indices: list[int], preprocessor: ImagePreprocessor | int) -> np.ndarray:
     """The frames at `indices` (decode order, 0-based) as (N, S, S, 3) uint8 model input. Frames past the end
     of a video shorter than its annotation repeat its last frame."""
     wanted = sorted(set(indices))
@@ -264,7 +265,7 @@ def read_frames(item: GroundingItem, anno: Path, indices: list[int], image_size:
             st.thread_type = "AUTO"
             for k, frame in enumerate(c.decode(st)):
                 if k in wanted:
-                    got[k] = to_model_frames(frame.to_ndarray(format="rgb24")[None], image_size)[0]
+                    got[k] = to_model_frames(frame.to_ndarray(format="rgb24")[None], preprocessor)[0]
                 last = k
                 if k >= wanted[-1]:
                     break
@@ -290,10 +291,10 @@ def read_image(item: GroundingItem, anno: Path) -> np.ndarray:
 class MixtureSteps(torch.utils.data.Dataset):
     """Item `step`: this rank's micro-batches of that step (see `steps.py`), or a `BadRecord`."""
 
-    def __init__(self, mixture: Mixture, seed: int, batch_size: int, frames: int, image_size: int, max_time_s: float,
+    def __init__(self, mixture: Mixture, seed: int, batch_size: int, frames: int, preprocessor: ImagePreprocessor | int, max_time_s: float,
                  collator: Collator, shard: Shard, steps: int) -> None:
         self.mixture, self.seed, self.batch_size, self.frames = mixture, seed, batch_size, frames
-        self.image_size, self.max_time_s, self.collator, self.shard, self.steps = image_size, max_time_s, collator, shard, steps
+        self.preprocessor, self.max_time_s, self.collator, self.shard, self.steps = preprocessor, max_time_s, collator, shard, steps
 
     def __len__(self) -> int:
         return self.steps
@@ -301,7 +302,7 @@ class MixtureSteps(torch.utils.data.Dataset):
     def samples(self, step: int, micro: int) -> list[Sample]:
         source = step_source(self.mixture, self.seed, step)
         a, b = self.shard.bounds(self.batch_size, micro)
-        return [draw_sample(self.mixture, source, self.seed, step * self.batch_size + j, self.frames, self.image_size,
+        return [draw_sample(self.mixture, source, self.seed, step * self.batch_size + j, self.frames, self.preprocessor,
                             self.max_time_s) for j in range(a, b)]
 
     def __getitem__(self, step: int):

@@ -21,3 +21,17 @@ def test_to_model_frames_when_frames_already_have_the_model_size_returns_them_un
     out = to_model_frames(frames, 32)
     assert np.array_equal(out, frames) and out is not frames
     assert torch.equal(to_model_pixels(frames, 32), torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_to_model_frames_with_a_base_checkpoints_preprocessor_resizes_by_its_filter():
+    from engine.model.preprocess import ImagePreprocessor, Resample
+
+    # given real-size frames and a SigLIP-style preprocessor (bicubic to 32 px)
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    pre = ImagePreprocessor(32, Resample.BICUBIC)
+    # when training preprocesses them
+    out = to_model_frames(frames, pre)
+    # then each frame is exactly what the engine's preprocessor makes of it (and not the tiny rule's area resize)
+    assert all(np.array_equal(o, pre.resize(f)) for o, f in zip(out, frames))
+    assert not np.array_equal(out, to_model_frames(frames, 32))
