@@ -1,7 +1,8 @@
 """The process group of a training run: one process, or one per GPU under `torchrun`.
 
 `torchrun --nproc_per_node N` sets RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_ADDR/PORT); they are read
-once, here. Backend: NCCL when training on CUDA, gloo otherwise. Rank 0 (`is_main`) alone logs progress,
+once, here. Backend: NCCL when training on CUDA, gloo otherwise (`SVL_DIST_BACKEND` overrides: gloo lets ranks
+share one GPU, as a check on a one-GPU machine). Rank 0 (`is_main`) alone logs progress,
 writes checkpoints and runs the post-training steps.
 """
 from __future__ import annotations
@@ -37,8 +38,8 @@ def training_device(device: str, local_rank: int) -> torch.device:
     """`auto` = this process's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
+    if device == "cuda":  # one GPU per rank; more ranks than GPUs share them (gloo only: NCCL refuses a shared GPU)
+        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     return torch.device(device)
 
 
@@ -50,7 +51,7 @@ def init_process_group(device: str = "auto") -> ProcessGroup:
     dev = training_device(device, local_rank)
     if world == 1:
         return ProcessGroup(0, 1, 0, dev, None)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
+    backend = os.environ.get("SVL_DIST_BACKEND") or ("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
