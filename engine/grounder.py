@@ -24,6 +24,7 @@ import torch
 
 from engine.boxes import cxcywh_to_xyxy, xyxy_norm_to_px
 from engine.events import Box, Observation
+from engine.model.match_head import colour_grid
 from engine.model.placement import placement_of
 from engine.model.preprocess import ImagePreprocessor, preprocessor_of
 from engine.queries import StandingQuery
@@ -79,19 +80,23 @@ class WindowGrounder:
         self.backend = backend
         self.keys = keys
         self.cache = FeatureCache(cache_frames)
+        self.colours = FeatureCache(cache_frames)  # the same frames' colour grids (the match head reads them; 3 KB a frame)
         self.stats = GrounderStats()
 
-    def visual_tokens(self, window: Window, frames: list[bytes | None]) -> torch.Tensor:
+    def visual_tokens(self, window: Window, frames: list[bytes | None]) -> tuple[torch.Tensor, torch.Tensor]:
         (tokens,) = self.visual_tokens_many([(window, frames)])
         if isinstance(tokens, MissingFrames):
             raise tokens
         return tokens
 
-    def visual_tokens_many(self, items: list[tuple[Window, list[bytes | None]]]) -> list[torch.Tensor | MissingFrames]:
-        """Each window's frame tokens (F, G, D), or MissingFrames for a window with a frame gone; the frames that no
-        window has seen before are decoded and encoded in one batch (a frame shared by two windows once)."""
+    def visual_tokens_many(self, items: list[tuple[Window, list[bytes | None]]]) -> list[tuple[torch.Tensor, torch.Tensor] | MissingFrames]:
+        """Each window's frame tokens (F, G, D) and colour grids (F, C, 3), or MissingFrames for a window with a frame
+        gone; the frames that no window has seen before are decoded and encoded in one batch (a frame shared by two
+        windows once)."""
         keys = [[self.keys.frame(w.camera_id, ts) for ts in w.frames_ms] for w, _ in items]
-        tokens = [[self.cache.get(key) for key in ks] for ks in keys]  # one lookup per frame
+        cached = [[(self.cache.get(key), self.colours.get(key)) for key in ks] for ks in keys]  # one lookup per frame
+        tokens = [[t if c is not None else None for t, c in row] for row in cached]
+        colours = [[c for _, c in row] for row in cached]
         out: list = [None] * len(items)
         todo: dict[str, bytes] = {}  # frame key -> encoded image, in first-seen order
         for i, ((window, frames), ks, ts) in enumerate(zip(items, keys, tokens)):
@@ -107,13 +112,16 @@ class WindowGrounder:
             pixels = np.stack([decode_image(data) for data in todo.values()])  # (M, S, S, 3) as ingest stored them
             px = self.preprocessor.to_pixels(pixels, self.placement.device, self.placement.dtype)  # (M, 3, S, S)
             tokens_new = self.backend.encode_frames(px).to(self.placement.device, self.placement.dtype)  # no-op unless a backend answers elsewhere
-            encoded = dict(zip(todo, tokens_new))
-            for key, t in encoded.items():
+            colours_new = colour_grid(px)
+            encoded = {key: (t, c) for key, t, c in zip(todo, tokens_new, colours_new)}
+            for key, (t, c) in encoded.items():
                 self.cache.put(key, t)
+                self.colours.put(key, c)
             self.stats.frames_encoded += len(encoded)
-        for i, (ks, ts) in enumerate(zip(keys, tokens)):
+        for i, (ks, ts, cs) in enumerate(zip(keys, tokens, colours)):
             if out[i] is None:
-                out[i] = torch.stack([t if t is not None else encoded[k] for k, t in zip(ks, ts)])
+                out[i] = (torch.stack([t if t is not None else encoded[k][0] for k, t in zip(ks, ts)]),
+                          torch.stack([c if t is not None else encoded[k][1] for k, t, c in zip(ks, ts, cs)]))
         return out
 
     def _input(self, window: Window, frames: list[bytes | None]) -> tuple[Window, list[bytes | None], list[float]]:
@@ -129,8 +137,8 @@ class WindowGrounder:
         if not queries:
             return []
         sub, frames, rel = self._input(window, frames)
-        vis = self.visual_tokens(sub, frames)
-        prefix = self.model.encode_window(None, rel, visual_tokens=vis)
+        vis, colours = self.visual_tokens(sub, frames)
+        prefix = self.model.encode_window(None, rel, visual_tokens=vis, colours=colours)
         results = self.model.ground(prefix, [q.text for q in queries], decoder=self.backend.decode,
                                     min_scores=self._floors(queries))
         return self._observations(window, sub.frames_ms, queries, results)
@@ -149,9 +157,10 @@ class WindowGrounder:
                 out[i] = v
             else:
                 tokens[i] = v
-                groups.setdefault(v.shape[0], []).append(i)
+                groups.setdefault(v[0].shape[0], []).append(i)
         for members in groups.values():
-            prefix = self.model.encode_window_batch([inputs[i][2] for i in members], torch.stack([tokens[i] for i in members]))
+            prefix = self.model.encode_window_batch([inputs[i][2] for i in members], torch.stack([tokens[i][0] for i in members]),
+                                                    torch.stack([tokens[i][1] for i in members]))
             results = self.model.ground_batch(prefix, [[q.text for q in items[i][2]] for i in members], decoder=self.backend.decode,
                                               min_scores=[self._floors(items[i][2]) for i in members] if self.skip_hopeless else None)
             for i, res in zip(members, results):

@@ -74,6 +74,7 @@ def _save_shard(rows, path: Path) -> None:
         words[k, : len(r["word_ids"])] = r["word_ids"]
     save_file({
         "appearance": torch.stack([r["appearance"] for r, _, _ in rows]).float().contiguous(),
+        "colour": torch.stack([r["colour"] for r, _, _ in rows]).float().contiguous(),
         "trajectory": torch.stack([r["trajectory"] for r, _, _ in rows]).float().contiguous(),
         "scores": torch.stack([r["scores"] for r, _, _ in rows]).float().contiguous(),
         "word_ids": words,
@@ -111,7 +112,7 @@ def read_rows(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 def head_logits(model, rows: dict[str, torch.Tensor]) -> torch.Tensor:
     words = model.language_model.get_input_embeddings()(rows["word_ids"]).float().detach()
-    return model.match_head(rows["appearance"], rows["trajectory"], rows["scores"], words, rows["word_mask"])
+    return model.match_head(rows["appearance"], rows["colour"], rows["trajectory"], rows["scores"], words, rows["word_mask"])
 
 
 def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, min_recall: float) -> float:
@@ -139,7 +140,7 @@ def fit(model, train: dict[str, torch.Tensor], selection: dict[str, torch.Tensor
         p.requires_grad_(False)
     for p in head.parameters():
         p.requires_grad_(True)
-    head.fit_standardisation(train["trajectory"], train["scores"])
+    head.fit_standardisation(train["colour"], train["trajectory"], train["scores"])
     torch.manual_seed(s.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     labels = train["label"].float()

@@ -7,12 +7,15 @@ model has already computed for the answer's span, read against each caption word
 - appearance: the frame tokens under the space decoder's box, averaged over the span frames (weighted by
   the decoder's per-frame presence), their contrast with the frame's mean token, and the span's mean
   spatio-temporal query state (what the LLM made of those frames);
+- colour: the frames' mean colour under the box (from the pixels the encoder read, pooled to a 16 x 16 grid),
+  the frame's mean colour, their difference, and the box's chromaticity (r, g, b over their sum: steadier under
+  lighting than the values): what colour words refer to, which the 64-px tiny encoder's tokens hold only weakly;
 - trajectory: the box's velocity over the span (a presence-weighted least-squares fit of its centre against
   time), its displacement, speed, size and the span's length: what "moving left" or "small" refer to;
 - scores: the answer's 1 - P(`none`), the decoder's best and mean presence in the span.
 
-Each word of the question (its embedding from the LLM's table) asks its own question of the appearance and
-the trajectory; a soft minimum over the words requires all of them to agree (a near miss changes one word),
+Each word of the question (its embedding from the LLM's table) asks its own question of the appearance, the
+colour and the trajectory; a soft minimum over the words requires all of them to agree (a near miss changes one word),
 and the scores add their say. The head is small and trained on frozen model outputs
 (`engine.match_training`); it runs only when `config.score` is `match_head`.
 """
@@ -25,6 +28,8 @@ from torch import nn
 
 TRAJECTORY_FEATURES = 11
 SCORE_FEATURES = 5
+COLOUR_FEATURES = 12
+COLOUR_GRID = 16  # cells per side of the colour grid a prefix keeps per frame
 _EPS = 1e-6
 
 
@@ -33,6 +38,7 @@ class MatchEvidence:
     """What N groundings found, as the match head reads it (one row per question)."""
 
     appearance: torch.Tensor  # (N, 3D): mean token under the box, its contrast with the frame's mean token, mean STQ state
+    colour: torch.Tensor  # (N, COLOUR_FEATURES)
     trajectory: torch.Tensor  # (N, TRAJECTORY_FEATURES)
     scores: torch.Tensor  # (N, SCORE_FEATURES)
     word_ids: torch.Tensor  # (N, Lq) question token ids
@@ -41,8 +47,14 @@ class MatchEvidence:
     def row(self, i: int) -> dict[str, torch.Tensor]:
         """Row i as a dict of host tensors (unpadded words), for saving as safetensors."""
         m = self.word_mask[i].bool()
-        return {"appearance": self.appearance[i].cpu(), "trajectory": self.trajectory[i].cpu(), "scores": self.scores[i].cpu(),
+        return {"appearance": self.appearance[i].cpu(), "colour": self.colour[i].cpu(), "trajectory": self.trajectory[i].cpu(), "scores": self.scores[i].cpu(),
                 "word_ids": self.word_ids[i][m].cpu()}
+
+
+def colour_grid(pixels: torch.Tensor, grid: int = COLOUR_GRID) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [0, 1] -> (N, grid*grid, 3) mean colour per cell (row-major), float32."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(pixels.float(), grid)  # (N, 3, grid, grid)
+    return pooled.flatten(2).transpose(1, 2).contiguous()
 
 
 def box_masks(boxes_cxcywh: torch.Tensor, grid: int, sharpness: float = 8.0) -> torch.Tensor:
@@ -90,10 +102,11 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
-def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, row_window: list[int], frames: list[tuple[int, ...]],
+def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, colours: torch.Tensor, row_window: list[int], frames: list[tuple[int, ...]],
                     boxes_cxcywh: torch.Tensor, presence: torch.Tensor, timestamps_s, answer_score: torch.Tensor,
                     word_ids: torch.Tensor, word_mask: torch.Tensor) -> MatchEvidence:
-    """The evidence of N groundings. frame_tokens (W, F, G, D) on a square grid, stq_states (W, F, D); row i reads window
+    """The evidence of N groundings. frame_tokens (W, F, G, D) on a square grid, stq_states (W, F, D), colours
+    (W, F, C, 3) (`colour_grid`); row i reads window
     row_window[i]; frames[i] its span's frame indices; boxes (N, F, 4) and presence (N, F) as decoded (zeros off
     the span); timestamps_s: W tuples; answer_score (N,). Float32 on the frame tokens' device."""
     n, f = presence.shape
@@ -115,6 +128,11 @@ def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, row_wi
     obj = torch.einsum("nf,nfd->nd", weights, under_box)
     bg = torch.einsum("nf,nfd->nd", weights, frame_mean)
     stq = torch.einsum("nf,nfd->nd", weights, stq_states[rows].float())
+    cells = colours[rows.to(colours.device)].to(dev, torch.float32)  # (N, F, C, 3)
+    colour_masks = box_masks(boxes_cxcywh, int(round(cells.shape[2] ** 0.5)))  # (N, F, C)
+    rgb = torch.einsum("nf,nfc,nfck->nk", weights, colour_masks, cells)
+    rgb_frame = torch.einsum("nf,nfck->nk", weights, cells) / cells.shape[2]
+    colour = torch.cat([rgb, rgb_frame, rgb - rgb_frame, rgb / rgb.sum(1, keepdim=True).clamp_min(1e-3)], dim=1)
     times = torch.tensor([timestamps_s[w] for w in row_window], dtype=torch.float32, device=dev)
     step = (times[:, -1] - times[:, 0]) / max(f - 1, 1)
     trajectory = trajectory_features(boxes_cxcywh, weights, times, times[:, -1] - times[:, 0] + step)
@@ -126,7 +144,7 @@ def gather_evidence(frame_tokens: torch.Tensor, stq_states: torch.Tensor, row_wi
         ((presence > 0.5) & span).float().sum(1) / span.float().sum(1).clamp_min(1.0),
         span.float().sum(1) / f,
     ], dim=1)
-    return MatchEvidence(torch.cat([obj, obj - bg, stq], dim=1), trajectory, scores, word_ids.to(dev), word_mask.to(dev))
+    return MatchEvidence(torch.cat([obj, obj - bg, stq], dim=1), colour, trajectory, scores, word_ids.to(dev), word_mask.to(dev))
 
 
 class MatchHead(nn.Module):
@@ -136,31 +154,38 @@ class MatchHead(nn.Module):
         super().__init__()
         self.width = width
         self.appearance = nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, 64), nn.GELU(), nn.Linear(64, width))
+        self.colour = nn.Sequential(nn.Linear(COLOUR_FEATURES, 32), nn.GELU(), nn.Linear(32, width))
         self.trajectory = nn.Sequential(nn.Linear(TRAJECTORY_FEATURES, 32), nn.GELU(), nn.Linear(32, width))
         self.scores = nn.Sequential(nn.Linear(SCORE_FEATURES, 16), nn.GELU(), nn.Linear(16, 1))
-        self.words = nn.Linear(hidden, 2 * width + 1)  # per word: a query of the appearance, of the trajectory, a bias
+        self.words = nn.Linear(hidden, 3 * width + 1)  # per word: a query of the appearance, colour, trajectory; a bias
         self.log_temperature = nn.Parameter(torch.zeros(()))
         # feature standardisation, fitted on the training evidence (identity until then)
+        self.register_buffer("colour_mean", torch.zeros(COLOUR_FEATURES))
+        self.register_buffer("colour_std", torch.ones(COLOUR_FEATURES))
         self.register_buffer("trajectory_mean", torch.zeros(TRAJECTORY_FEATURES))
         self.register_buffer("trajectory_std", torch.ones(TRAJECTORY_FEATURES))
         self.register_buffer("scores_mean", torch.zeros(SCORE_FEATURES))
         self.register_buffer("scores_std", torch.ones(SCORE_FEATURES))
 
-    def fit_standardisation(self, trajectory: torch.Tensor, scores: torch.Tensor) -> None:
+    def fit_standardisation(self, colour: torch.Tensor, trajectory: torch.Tensor, scores: torch.Tensor) -> None:
         with torch.no_grad():
+            self.colour_mean.copy_(colour.mean(0))
+            self.colour_std.copy_(colour.std(0).clamp_min(1e-3))
             self.trajectory_mean.copy_(trajectory.mean(0))
             self.trajectory_std.copy_(trajectory.std(0).clamp_min(1e-3))
             self.scores_mean.copy_(scores.mean(0))
             self.scores_std.copy_(scores.std(0).clamp_min(1e-3))
 
-    def forward(self, appearance: torch.Tensor, trajectory: torch.Tensor, scores: torch.Tensor,
+    def forward(self, appearance: torch.Tensor, colour: torch.Tensor, trajectory: torch.Tensor, scores: torch.Tensor,
                 word_embeddings: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """(N, 3D), (N, T), (N, S), (N, L, D), (N, L) -> (N,) logits."""
+        """(N, 3D), (N, COLOUR_FEATURES), (N, T), (N, S), (N, L, D), (N, L) -> (N,) logits."""
         za = self.appearance(appearance)  # (N, K)
+        zc = self.colour((colour - self.colour_mean) / self.colour_std)
         zt = self.trajectory((trajectory - self.trajectory_mean) / self.trajectory_std)
-        q = self.words(word_embeddings)  # (N, L, 2K+1)
+        q = self.words(word_embeddings)  # (N, L, 3K+1)
         k = self.width
-        agree = (q[..., :k] * za[:, None]).sum(-1) + (q[..., k : 2 * k] * zt[:, None]).sum(-1) + q[..., -1]  # (N, L)
+        agree = ((q[..., :k] * za[:, None]).sum(-1) + (q[..., k : 2 * k] * zc[:, None]).sum(-1)
+                 + (q[..., 2 * k : 3 * k] * zt[:, None]).sum(-1) + q[..., -1])  # (N, L)
         agree = agree * k ** -0.5
         tau = self.log_temperature.exp()
         agree = agree.masked_fill(word_mask == 0, 1e4)  # padding never the minimum (finite: no inf * 0 in the gradient)

@@ -19,7 +19,7 @@ from torch import nn
 from engine.model.config import DECODER_MAX_PAIRS, PromptOrder, ScoreMode, SpaceVLLMConfig
 from engine.model.interleave import question_ids, splice, video_prefix_ids
 from engine.model.llm import build_llm
-from engine.model.match_head import MatchHead, gather_evidence
+from engine.model.match_head import MatchHead, colour_grid, gather_evidence
 from engine.model.projector import Projector, pool_grid
 from engine.model.space_decoder import SpaceDecoder, SpaceDecoderOutput, build_space_decoder
 from engine.model.tokenizer import PromptVocab
@@ -59,6 +59,7 @@ class WindowPrefix:
     cache: object  # transformers Cache over the prefix, batch 1
     length: int  # prefix tokens
     timestamps_s: tuple[float, ...]  # relative to the window start
+    colours: torch.Tensor | None = None  # (F, C, 3) the frames' mean colour per cell (`colour_grid`), for the match head
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class WindowBatchPrefix:
     cache: object  # transformers Cache over the prefixes, batch W
     length: int  # prefix tokens (the same for every window of the batch)
     timestamps_s: tuple[tuple[float, ...], ...]  # per window, relative to its start
+    colours: torch.Tensor | None = None  # (W, F, C, 3), for the match head
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,13 @@ class SpaceVLLM(nn.Module):
         probe = max(16, hidden // 2)
         self.answer_probe_q = nn.Linear(hidden, probe)
         self.answer_probe_k = nn.Linear(hidden, probe)
-        # the match decision (`config.score: match_head`); its own RNG stream, so that adding it changed no other
-        # module's initialisation. Optional in checkpoints that score otherwise (`checkpoint.OPTIONAL_HEADS`)
-        with torch.random.fork_rng(devices=[]):
+        # the match decision (`config.score: match_head`); its own RNG stream on the host, so that adding it changed
+        # no other module's initialisation and it starts the same on every device. Optional in checkpoints that
+        # score otherwise (`checkpoint.OPTIONAL_HEADS`)
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(0)
-            self.match_head = MatchHead(hidden)
+            head = MatchHead(hidden)
+        self.match_head = head.to(self.stq.device)
 
     @property
     def device(self) -> torch.device:
@@ -225,8 +229,12 @@ class SpaceVLLM(nn.Module):
         return ids[: self.config.max_question_tokens - 1] + [ids[-1]] if len(ids) > self.config.max_question_tokens else ids
 
     @torch.no_grad()
-    def encode_window(self, pixels: torch.Tensor, timestamps_s: list[float], visual_tokens: torch.Tensor | None = None) -> WindowPrefix:
-        """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, G, D) may come from a frame cache."""
+    def encode_window(self, pixels: torch.Tensor, timestamps_s: list[float], visual_tokens: torch.Tensor | None = None,
+                      colours: torch.Tensor | None = None) -> WindowPrefix:
+        """Run the video prefix once. pixels: (F, 3, H, W); visual_tokens (F, G, D) and colours (F, C, 3) may come from
+        a frame cache (colours: `colour_grid` of the pixels, what the match head reads)."""
+        if colours is None and pixels is not None:
+            colours = colour_grid(pixels)
         if visual_tokens is None:
             visual_tokens = self.encode_frames(pixels)  # (F, G, D)
         vis, dec_vis = self.split_tokens(visual_tokens[None])  # (1, F, P, D), decoder tokens
@@ -235,11 +243,13 @@ class SpaceVLLM(nn.Module):
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][0][self._stq_positions(ids)[0]]  # (F, D)
-        return WindowPrefix(dec_vis[0], stq_states, _cache_of(out), ids.shape[1], tuple(timestamps_s))
+        return WindowPrefix(dec_vis[0], stq_states, _cache_of(out), ids.shape[1], tuple(timestamps_s), colours)
 
     @torch.no_grad()
-    def encode_window_batch(self, timestamps_s: list[list[float]], visual_tokens: torch.Tensor) -> WindowBatchPrefix:
-        """The prefixes of W windows with the same frame count in one forward pass. visual_tokens: (W, F, G, D)."""
+    def encode_window_batch(self, timestamps_s: list[list[float]], visual_tokens: torch.Tensor,
+                            colours: torch.Tensor | None = None) -> WindowBatchPrefix:
+        """The prefixes of W windows with the same frame count in one forward pass. visual_tokens: (W, F, G, D);
+        colours (W, F, C, 3) for the match head."""
         w, f = visual_tokens.shape[:2]
         assert len(timestamps_s) == w and all(len(t) == f for t in timestamps_s), "one timestamp per frame per window"
         vis, dec_vis = self.split_tokens(visual_tokens)  # (W, F, P, D), decoder tokens
@@ -247,7 +257,7 @@ class SpaceVLLM(nn.Module):
         emb = self._embed(ids, vis, f)
         out = self.language_model(inputs_embeds=emb, use_cache=True, output_hidden_states=True)
         stq_states = out.hidden_states[-1][self._stq_positions(ids)].reshape(w, f, -1)  # (W, F, D)
-        return WindowBatchPrefix(dec_vis, stq_states, _cache_of(out), ids.shape[1], tuple(tuple(t) for t in timestamps_s))
+        return WindowBatchPrefix(dec_vis, stq_states, _cache_of(out), ids.shape[1], tuple(tuple(t) for t in timestamps_s), colours)
 
     @torch.no_grad()
     def ground_batch(self, prefix: WindowBatchPrefix, questions: list[list[str]], task: str = "stvg",
@@ -262,7 +272,7 @@ class SpaceVLLM(nn.Module):
             return [[] for _ in questions]
         floors = [x for xs in min_scores for x in xs] if min_scores is not None else None
         rows = self._ground_rows(prefix.cache, prefix.length, row_window, flat, task, prefix.timestamps_s,
-                                 prefix.stq_states, prefix.visual_tokens, decoder, floors, with_evidence)
+                                 prefix.stq_states, prefix.visual_tokens, decoder, floors, with_evidence, prefix.colours)
         out, at = [], 0
         for qs in questions:
             out.append(rows[at : at + len(qs)])
@@ -286,11 +296,12 @@ class SpaceVLLM(nn.Module):
         if not questions:
             return []
         return self._ground_rows(prefix.cache, prefix.length, [0] * len(questions), questions, task, (prefix.timestamps_s,),
-                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder, min_scores, with_evidence)
+                                 prefix.stq_states[None], prefix.visual_tokens[None], decoder, min_scores, with_evidence,
+                                 None if prefix.colours is None else prefix.colours[None])
 
     def _ground_rows(self, prefix_cache, prefix_length: int, row_window: list[int], questions: list[str], task: str,
                      timestamps_s, stq_states, frame_tokens, decoder, min_scores: list[float] | None = None,
-                     with_evidence: bool = False) -> list[Grounding]:
+                     with_evidence: bool = False, colours: torch.Tensor | None = None) -> list[Grounding]:
         """One row per question; row r reads window `row_window[r]` of the (batched) prefix.
         stq_states (W, F, D), frame_tokens (W, F, G, D), timestamps_s: W tuples."""
         n = len(questions)
@@ -320,7 +331,7 @@ class SpaceVLLM(nn.Module):
         first = out.logits[torch.arange(n, device=dev), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
         return self._finish(first, _cache_of(out), attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
-                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores, ids, with_evidence)
+                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores, ids, with_evidence, colours)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -348,11 +359,12 @@ class SpaceVLLM(nn.Module):
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long, device=dev)
         return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)], device=dev), (tuple(timestamps_s),),
-                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0], None, ids[:, q_pos_t[0]])[0]
+                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0], None, ids[:, q_pos_t[0]], False,
+                            colour_grid(pixels)[None] if pixels is not None else None)[0]
 
     def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
                 decoder, row_window: list[int], min_scores: list[float] | None = None, q_ids: torch.Tensor | None = None,
-                with_evidence: bool = False) -> list[Grounding]:
+                with_evidence: bool = False, colours: torch.Tensor | None = None) -> list[Grounding]:
         """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
         the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
 
@@ -400,15 +412,15 @@ class SpaceVLLM(nn.Module):
             score = torch.where(torch.tensor(hopeless), bound, (answer_score * presence.amax(-1)).sqrt())
         evidence = None
         if mode is ScoreMode.MATCH_HEAD or with_evidence:
-            if q_ids is None:
-                raise ValueError("the match head needs the question ids")
-            evidence = gather_evidence(frame_tokens, stq_states, row_window, [() if h else f for h, f in zip(hopeless, frames)],
+            if q_ids is None or colours is None:
+                raise ValueError("the match head needs the question ids and the frames' colours (encode_window with pixels or colours)")
+            evidence = gather_evidence(frame_tokens, stq_states, colours, row_window, [() if h else f for h, f in zip(hopeless, frames)],
                                        boxes, presence, timestamps_s, answer_score, q_ids, qmask)
         if mode is ScoreMode.MATCH_HEAD:
             dt = self.match_head.log_temperature.dtype
             words = self.language_model.get_input_embeddings()(evidence.word_ids).to(dt)
-            logits = self.match_head(evidence.appearance.to(dt), evidence.trajectory.to(dt), evidence.scores.to(dt), words,
-                                     evidence.word_mask)
+            logits = self.match_head(evidence.appearance.to(dt), evidence.colour.to(dt), evidence.trajectory.to(dt),
+                                     evidence.scores.to(dt), words, evidence.word_mask)
             score = logits.float().sigmoid().cpu()
         results = []
         for i in range(n):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from engine.match_training import MatchTrainSettings, fit, threshold_for_recall
 from engine.model.checkpoint import CheckpointError, load_model, save_model
 from engine.model.config import ScoreMode
-from engine.model.match_head import SCORE_FEATURES, TRAJECTORY_FEATURES, box_masks, trajectory_features
+from engine.model.match_head import COLOUR_FEATURES, SCORE_FEATURES, TRAJECTORY_FEATURES, box_masks, colour_grid, trajectory_features
 from engine.model.spacevllm import build_spacevllm
 from engine.model.tokenizer import train_tokenizer
 
@@ -46,6 +46,34 @@ def test_trajectory_features_measure_velocity_displacement_and_span():
     assert f[10] == pytest.approx(0.5)
 
 
+def test_the_colour_grid_holds_each_cells_mean_colour():
+    # given a frame whose left half is red and right half blue
+    px = torch.zeros(1, 3, 64, 64)
+    px[0, 0, :, :32] = 1.0
+    px[0, 2, :, 32:] = 1.0
+    # when its colour grid is taken
+    g = colour_grid(px).reshape(16, 16, 3)
+    # then the left cells are red and the right ones blue
+    assert torch.equal(g[:, :8], torch.tensor([1.0, 0, 0]).expand(16, 8, 3))
+    assert torch.equal(g[:, 8:], torch.tensor([0, 0, 1.0]).expand(16, 8, 3))
+
+
+def test_the_colour_evidence_reads_the_pixels_under_the_box(head_model):
+    # given a window whose frames hold a red square at the top left on grey
+    px = torch.full((4, 3, 32, 32), 0.5)
+    px[:, :, 2:10, 2:10] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    prefix = head_model.encode_window(px, [0.0, 0.5, 1.0, 1.5])
+    from engine.model.match_head import gather_evidence
+    # when evidence is gathered for a box on the square and one elsewhere
+    boxes = torch.tensor([[0.1875, 0.1875, 0.25, 0.25], [0.7, 0.7, 0.25, 0.25]])[:, None].expand(2, 4, 4)
+    e = gather_evidence(prefix.visual_tokens[None], prefix.stq_states[None], prefix.colours[None], [0, 0], [(0, 1, 2, 3)] * 2,
+                        boxes, torch.ones(2, 4), (prefix.timestamps_s,), torch.tensor([0.9, 0.9]),
+                        torch.ones(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long))
+    # then the first box's colour is (nearly) red and the second's grey, against the same frame mean
+    assert e.colour[0, 0] > 0.9 and e.colour[0, 1] < 0.1 and e.colour[1, :3].sub(0.5).abs().max() < 0.05
+    assert torch.allclose(e.colour[0, 3:6], e.colour[1, 3:6])
+
+
 @pytest.fixture
 def head_model(tiny_config):
     torch.manual_seed(0)
@@ -63,10 +91,11 @@ def test_the_score_is_the_heads_verdict_on_the_evidence_and_every_question_is_de
         e = g.evidence
         with torch.no_grad():
             words = head_model.language_model.get_input_embeddings()(e["word_ids"][None]).float()
-            logit = head_model.match_head(e["appearance"][None], e["trajectory"][None], e["scores"][None], words,
+            logit = head_model.match_head(e["appearance"][None], e["colour"][None], e["trajectory"][None], e["scores"][None], words,
                                           torch.ones(1, len(e["word_ids"]), dtype=torch.long))
         assert g.score == pytest.approx(float(logit.sigmoid()), abs=1e-5)
         assert e["trajectory"].shape == (TRAJECTORY_FEATURES,) and e["scores"].shape == (SCORE_FEATURES,)
+        assert e["colour"].shape == (COLOUR_FEATURES,)
         # and the space decoder ran on the span (no upper bound skips it)
         assert g.frame_indices and len(g.boxes_cxcywh) == len(g.frame_indices)
     # and the same questions batched alone score the same
@@ -103,7 +132,8 @@ def _rows(model, n: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     trajectory = torch.from_numpy(rng.normal(0, 0.02, (n, TRAJECTORY_FEATURES))).float()
     trajectory[:, 0] += vx
     same = lambda d: torch.from_numpy(np.random.default_rng(1).normal(0, 1, d)).float().expand(n, -1)  # noqa: E731
-    return {"appearance": same(3 * model.config.llm.hidden_size), "trajectory": trajectory, "scores": same(SCORE_FEATURES),
+    return {"appearance": same(3 * model.config.llm.hidden_size), "colour": same(COLOUR_FEATURES), "trajectory": trajectory,
+            "scores": same(SCORE_FEATURES),
             "word_ids": torch.stack([torch.full((n,), the), torch.full((n,), circle), word], 1),
             "word_mask": torch.ones(n, 3, dtype=torch.long), "label": label,
             "kind": torch.where(label == 1, 0, 4)}
