@@ -44,6 +44,7 @@ class MatchTrainSettings:
     batch: int = 256
     weight_decay: float = 1e-4
     min_recall: float = 0.92
+    balance_kinds: bool = True  # every kind of negative (plain, colour, shape, direction, size) weighs the same in the loss
 
 
 def clip_rows(model, seed: int, i: int, seconds: float) -> list[tuple[dict[str, torch.Tensor], int, int]]:
@@ -133,6 +134,20 @@ def report(scores: np.ndarray, rows: dict[str, torch.Tensor], threshold: float) 
     return out
 
 
+def row_weights(rows: dict[str, torch.Tensor], balance_kinds: bool) -> torch.Tensor:
+    """Loss weights (mean 1): positives and negatives weigh the same in total; with `balance_kinds`, so does each kind
+    of negative (the rarer near misses, e.g. size swaps, count as much as plain negatives)."""
+    labels, kinds = rows["label"], rows["kind"]
+    w = torch.zeros(len(labels))
+    pos = labels == 1
+    w[pos] = 0.5 / pos.sum().clamp_min(1)
+    neg_kinds = [k for k in range(1, len(KINDS)) if ((labels == 0) & (kinds == k)).any()]
+    for k in neg_kinds:
+        sel = (labels == 0) & (kinds == k)
+        w[sel] = (0.5 / len(neg_kinds) / sel.sum()) if balance_kinds else (0.5 / (labels == 0).sum())
+    return w * len(labels)
+
+
 def fit(model, train: dict[str, torch.Tensor], selection: dict[str, torch.Tensor], s: MatchTrainSettings) -> dict:
     """Train the head in place; keeps the epoch with the best selection-set balanced accuracy at its threshold."""
     head = model.match_head
@@ -144,7 +159,7 @@ def fit(model, train: dict[str, torch.Tensor], selection: dict[str, torch.Tensor
     torch.manual_seed(s.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     labels = train["label"].float()
-    pos_weight = (labels == 0).sum() / (labels == 1).sum().clamp_min(1)
+    weights = row_weights(train, s.balance_kinds)
     n = len(labels)
     best = {"balanced": -1.0}
     for epoch in range(s.epochs):
@@ -154,7 +169,7 @@ def fit(model, train: dict[str, torch.Tensor], selection: dict[str, torch.Tensor
             idx = order[at : at + s.batch]
             batch = {k: v[idx] for k, v in train.items()}
             logits = head_logits(model, batch)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx], pos_weight=pos_weight)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx], weight=weights[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
