@@ -137,9 +137,12 @@ def calibrate(model_dir, samples) -> None:
 @click.option("--selection-clips", default=400, show_default=True, help="Clips of the separate selection set.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--epochs", default=60, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--balance-kinds/--no-balance-kinds", default=True, show_default=True,
+              help="Every kind of negative (plain, colour, shape, direction, size) weighs the same in the loss.")
 @click.option("--min-recall", default=0.92, show_default=True, help="The threshold keeps at least this recall on the selection set.")
 @click.option("--threads", default=0, help="torch threads (0: torch's default).")
-def train_match_cmd(model_dir, out, clips, selection_clips, seed, epochs, min_recall, threads) -> None:
+def train_match_cmd(model_dir, out, clips, selection_clips, seed, epochs, lr, balance_kinds, min_recall, threads) -> None:
     """Fit the match head on the frozen model's groundings (resumable), choose its threshold on a separate
     selection set, and write OUT/model with `score: match_head`."""
     import torch
@@ -149,7 +152,7 @@ def train_match_cmd(model_dir, out, clips, selection_clips, seed, epochs, min_re
     if threads:
         torch.set_num_threads(threads)
     s = train_match(model_dir, out, MatchTrainSettings(clips=clips, selection_clips=selection_clips, seed=seed,
-                                                        epochs=epochs, min_recall=min_recall))
+                                                        epochs=epochs, lr=lr, balance_kinds=balance_kinds, min_recall=min_recall))
     sel = " ".join(f"{k}={v:.3f}" for k, v in s["selection"].items())
     click.echo(f"epoch {s['epoch']}, threshold {s['threshold']:.3f}; selection set: {sel}; model in {Path(out) / 'model'}")
 
