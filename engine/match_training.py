@@ -113,7 +113,8 @@ def read_rows(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 def head_logits(model, rows: dict[str, torch.Tensor]) -> torch.Tensor:
     words = model.language_model.get_input_embeddings()(rows["word_ids"]).float().detach()
-    return model.match_head(rows["appearance"], rows["colour"], rows["trajectory"], rows["scores"], words, rows["word_mask"])
+    return model.match_head(rows["appearance"], rows["colour"], rows["trajectory"], rows["scores"], words, rows["word_ids"],
+                            rows["word_mask"])
 
 
 def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, min_recall: float) -> float:

@@ -11,11 +11,14 @@ model has already computed for the answer's span, read against each caption word
   the frame's mean colour, their difference, and the box's chromaticity (r, g, b over their sum: steadier under
   lighting than the values): what colour words refer to, which the 64-px tiny encoder's tokens hold only weakly;
 - trajectory: the box's velocity over the span (a presence-weighted least-squares fit of its centre against
-  time), its displacement, speed, size and the span's length: what "moving left" or "small" refer to;
+  time), its displacement, speed, size and the span's length: what "moving left" or "small" refer to; and the
+  velocity of the largest set of span frames whose boxes lie on one straight constant-speed path, with that set's
+  share (the decoder's box jumps to another object on some frames: a fit over all of them then points nowhere);
 - scores: the answer's 1 - P(`none`), the decoder's best and mean presence in the span.
 
-Each word of the question (its embedding from the LLM's table) asks its own question of the appearance, the
-colour and the trajectory; a soft minimum over the words requires all of them to agree (a near miss changes one word),
+Each word of the question asks its own question of the appearance, the colour and the trajectory: its queries are
+a linear map of its embedding in the LLM's table plus a row of the head's own word table (the tiny LLM's
+embeddings of "left" and "right" are too alike for a linear map to tell them apart); a soft minimum over the words requires all of them to agree (a near miss changes one word),
 and the scores add their say. The head is small and trained on frozen model outputs
 (`engine.match_training`); it runs only when `config.score` is `match_head`.
 """
@@ -26,10 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TRAJECTORY_FEATURES = 11
+TRAJECTORY_FEATURES = 15
 SCORE_FEATURES = 5
 COLOUR_FEATURES = 12
 COLOUR_GRID = 16  # cells per side of the colour grid a prefix keeps per frame
+WORD_BUCKETS = 4096  # the head's own word table: token id modulo this (exact for the tiny vocabulary)
 _EPS = 1e-6
 
 
@@ -79,8 +83,9 @@ def trajectory_features(boxes_cxcywh: torch.Tensor, weights: torch.Tensor, times
     the span frames (0 elsewhere), times (N, F) seconds, window_s (N,) the window's length.
 
     Features: velocity x, y (image widths/heights per second; image y grows downwards), speed, displacement
-    x, y over the span, mean width, height, log area, span length (s), span share of the window, and the
-    fraction of the window's frames the span holds."""
+    x, y over the span, mean width, height, log area, span length (s), span share of the window, the
+    fraction of the window's frames the span holds, and the consensus path's velocity x, y, speed and the share of
+    the weight on it (`consensus_velocity`)."""
     cx, cy, w, h = boxes_cxcywh.unbind(-1)
     tm = (weights * times_s).sum(1, keepdim=True)
     dt = times_s - tm
@@ -93,8 +98,37 @@ def trajectory_features(boxes_cxcywh: torch.Tensor, weights: torch.Tensor, times
     duration = torch.where(span.any(1), t_last - t_first, torch.zeros_like(t_first))
     mw, mh = (weights * w).sum(1), (weights * h).sum(1)
     frames_share = span.float().mean(1)
+    cvx, cvy, share = consensus_velocity(boxes_cxcywh, weights, times_s)
     return torch.stack([vx, vy, torch.sqrt(vx * vx + vy * vy), vx * duration, vy * duration, mw, mh,
-                        torch.log(mw * mh + 1e-4), duration, duration / window_s.clamp_min(1e-3), frames_share], dim=1)
+                        torch.log(mw * mh + 1e-4), duration, duration / window_s.clamp_min(1e-3), frames_share,
+                        cvx, cvy, torch.sqrt(cvx * cvx + cvy * cvy), share], dim=1)
+
+
+def consensus_velocity(boxes_cxcywh: torch.Tensor, weights: torch.Tensor, times_s: torch.Tensor,
+                       tolerance: float = 0.03) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, the velocity (vx, vy) of the straight constant-speed path through the box centres that the most
+    weight agrees with (centres within `tolerance` of it), and that weight's share. Candidates: the path through
+    every pair of weighted frames; the winner is refitted by least squares on its inliers. boxes (N, F, 4), weights
+    (N, F) (0 off the span), times (N, F)."""
+    c = boxes_cxcywh[..., :2]  # (N, F, 2)
+    n, f = weights.shape
+    i, j = torch.triu_indices(f, f, offset=1, device=c.device)  # candidate pairs
+    dt = (times_s[:, j] - times_s[:, i]).clamp_min(1e-3)  # (N, P)
+    v = (c[:, j] - c[:, i]) / dt[..., None]  # (N, P, 2)
+    pred = c[:, i, None] + v[:, :, None] * (times_s[:, None, :] - times_s[:, i, None])[..., None]  # (N, P, F, 2)
+    inlier = ((pred - c[:, None]).abs().amax(-1) < tolerance) & (weights[:, None] > 0)  # (N, P, F)
+    valid = (weights[:, i] > 0) & (weights[:, j] > 0)  # (N, P)
+    support = (inlier.float() * weights[:, None]).sum(-1).masked_fill(~valid, -1.0)  # (N, P)
+    best = support.argmax(1)
+    w = inlier[torch.arange(n, device=c.device), best].float() * weights  # (N, F) inliers of the best path
+    w = torch.where(valid.any(1, keepdim=True), w, weights)  # fewer than 2 frames: all of them
+    share = w.sum(1) / weights.sum(1).clamp_min(_EPS)
+    w = w / w.sum(1, keepdim=True).clamp_min(_EPS)
+    tm = (w * times_s).sum(1, keepdim=True)
+    var = (w * (times_s - tm) ** 2).sum(1).clamp_min(1e-3)
+    vx = (w * (times_s - tm) * (c[..., 0] - (w * c[..., 0]).sum(1, keepdim=True))).sum(1) / var
+    vy = (w * (times_s - tm) * (c[..., 1] - (w * c[..., 1]).sum(1, keepdim=True))).sum(1) / var
+    return vx, vy, share
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
@@ -153,6 +187,8 @@ class MatchHead(nn.Module):
     def __init__(self, hidden: int, width: int = 32) -> None:
         super().__init__()
         self.width = width
+        self.own_words = nn.Embedding(WORD_BUCKETS, 3 * width + 1)
+        nn.init.zeros_(self.own_words.weight)
         self.appearance = nn.Sequential(nn.LayerNorm(3 * hidden), nn.Linear(3 * hidden, 64), nn.GELU(), nn.Linear(64, width))
         self.colour = nn.Sequential(nn.Linear(COLOUR_FEATURES, 32), nn.GELU(), nn.Linear(32, width))
         self.trajectory = nn.Sequential(nn.Linear(TRAJECTORY_FEATURES, 32), nn.GELU(), nn.Linear(32, width))
@@ -177,12 +213,12 @@ class MatchHead(nn.Module):
             self.scores_std.copy_(scores.std(0).clamp_min(1e-3))
 
     def forward(self, appearance: torch.Tensor, colour: torch.Tensor, trajectory: torch.Tensor, scores: torch.Tensor,
-                word_embeddings: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """(N, 3D), (N, COLOUR_FEATURES), (N, T), (N, S), (N, L, D), (N, L) -> (N,) logits."""
+                word_embeddings: torch.Tensor, word_ids: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """(N, 3D), (N, COLOUR_FEATURES), (N, T), (N, S), (N, L, D), (N, L) ids, (N, L) -> (N,) logits."""
         za = self.appearance(appearance)  # (N, K)
         zc = self.colour((colour - self.colour_mean) / self.colour_std)
         zt = self.trajectory((trajectory - self.trajectory_mean) / self.trajectory_std)
-        q = self.words(word_embeddings)  # (N, L, 3K+1)
+        q = self.words(word_embeddings) + self.own_words(word_ids % WORD_BUCKETS)  # (N, L, 3K+1)
         k = self.width
         agree = ((q[..., :k] * za[:, None]).sum(-1) + (q[..., k : 2 * k] * zc[:, None]).sum(-1)
                  + (q[..., 2 * k : 3 * k] * zt[:, None]).sum(-1) + q[..., -1])  # (N, L)

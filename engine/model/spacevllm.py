@@ -420,7 +420,7 @@ class SpaceVLLM(nn.Module):
             dt = self.match_head.log_temperature.dtype
             words = self.language_model.get_input_embeddings()(evidence.word_ids).to(dt)
             logits = self.match_head(evidence.appearance.to(dt), evidence.colour.to(dt), evidence.trajectory.to(dt),
-                                     evidence.scores.to(dt), words, evidence.word_mask)
+                                     evidence.scores.to(dt), words, evidence.word_ids, evidence.word_mask)
             score = logits.float().sigmoid().cpu()
         results = []
         for i in range(n):

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from engine.match_training import MatchTrainSettings, fit, threshold_for_recall
 from engine.model.checkpoint import CheckpointError, load_model, save_model
 from engine.model.config import ScoreMode
-from engine.model.match_head import COLOUR_FEATURES, SCORE_FEATURES, TRAJECTORY_FEATURES, box_masks, colour_grid, trajectory_features
+from engine.model.match_head import (COLOUR_FEATURES, SCORE_FEATURES, TRAJECTORY_FEATURES, box_masks, colour_grid,
+                                     consensus_velocity, trajectory_features)
 from engine.model.spacevllm import build_spacevllm
 from engine.model.tokenizer import train_tokenizer
 
@@ -44,6 +45,26 @@ def test_trajectory_features_measure_velocity_displacement_and_span():
     assert f[3] == pytest.approx(-0.05 * 3.5, abs=1e-5)  # over the 3.5 s span
     assert f[5] == pytest.approx(0.2) and f[8] == pytest.approx(3.5) and f[9] == pytest.approx(3.5 / 8)
     assert f[10] == pytest.approx(0.5)
+    # and the consensus path is the same one, holding all the weight
+    assert f[11] == pytest.approx(-0.05, abs=1e-5) and f[12] == pytest.approx(0.0, abs=1e-6) and f[14] == pytest.approx(1.0)
+
+
+def test_the_consensus_velocity_ignores_frames_where_the_box_jumped_to_another_object():
+    # given boxes moving right at 0.04/s on 10 of 16 frames, and on 6 frames parked on a still object elsewhere
+    times = torch.arange(16, dtype=torch.float32)[None] * 0.5
+    boxes = torch.zeros(1, 16, 4)
+    boxes[0, :, 0] = 0.2 + 0.04 * times[0]
+    boxes[0, :, 1] = 0.3
+    for k in (1, 4, 7, 9, 12, 15):
+        boxes[0, k, :2] = torch.tensor([0.8, 0.9])
+    weights = torch.full((1, 16), 1 / 16)
+    # when the velocity is fitted over all frames, and by consensus
+    f = trajectory_features(boxes, weights, times, torch.tensor([8.0]))[0]
+    vx, vy, share = consensus_velocity(boxes, weights, times)
+    # then the plain fit is pulled off (it points down and right), the consensus finds the path and its share
+    assert f[1] > 0.01
+    assert float(vx) == pytest.approx(0.04, abs=1e-4) and float(vy) == pytest.approx(0.0, abs=1e-4)
+    assert float(share) == pytest.approx(10 / 16)
 
 
 def test_the_colour_grid_holds_each_cells_mean_colour():
@@ -92,6 +113,7 @@ def test_the_score_is_the_heads_verdict_on_the_evidence_and_every_question_is_de
         with torch.no_grad():
             words = head_model.language_model.get_input_embeddings()(e["word_ids"][None]).float()
             logit = head_model.match_head(e["appearance"][None], e["colour"][None], e["trajectory"][None], e["scores"][None], words,
+                                          e["word_ids"][None],
                                           torch.ones(1, len(e["word_ids"]), dtype=torch.long))
         assert g.score == pytest.approx(float(logit.sigmoid()), abs=1e-5)
         assert e["trajectory"].shape == (TRAJECTORY_FEATURES,) and e["scores"].shape == (SCORE_FEATURES,)
