@@ -64,6 +64,7 @@ def test_ground_when_the_shipped_model_runs_on_cuda_matches_the_cpu_and_answers_
     from pathlib import Path
 
     from engine.model.config import ScoreMode
+    from engine.model.match_head import colour_grid
 
     from engine.model.checkpoint import load_model
     from engine.model.placement import building_on, place, resolve_placement
@@ -85,7 +86,8 @@ def test_ground_when_the_shipped_model_runs_on_cuda_matches_the_cpu_and_answers_
         single = [model.ground(model.encode_window(p, ts), questions) for p in px]
         tokens = torch.stack([model.encode_frames(p) for p in px])
         assert tokens.device == where.device and tokens.dtype == where.dtype
-        batch = model.ground_batch(model.encode_window_batch([ts, ts], tokens), [questions, questions])
+        colours = torch.stack([colour_grid(p) for p in px])  # what the grounder caches beside the tokens
+        batch = model.ground_batch(model.encode_window_batch([ts, ts], tokens, colours), [questions, questions])
         scratch = model.ground_from_scratch(px[0], ts, questions[0])
         # then every answer is host floats and host tensors
         for g in [*single[0], *batch[1], scratch]:
