@@ -104,8 +104,15 @@ def test_ground_batch_when_questions_are_padded_equals_ground_per_window(tiny_mo
             assert torch.allclose(b.all_boxes_cxcywh, e.all_boxes_cxcywh, atol=1e-4)
 
 
-def test_ground_many_when_a_query_cannot_reach_its_threshold_skips_its_decoder_and_changes_no_match(redis_client, shipped):
-    # given the demo windows and the demo queries at the model's calibrated threshold (some match, most do not)
+def test_ground_many_when_a_query_cannot_reach_its_threshold_skips_its_decoder_and_changes_no_match(redis_client):
+    # given the shipped weights scoring with answer_and_presence (whose bound lets a query skip the decoder; the match
+    # head has no such bound: see the next test), the demo windows and queries at its threshold (some match, most not)
+    import dataclasses
+
+    from engine.model.config import ScoreMode
+
+    shipped = load_model(DEFAULT_MODEL_DIR)
+    shipped.config = dataclasses.replace(shipped.config, score=ScoreMode.ANSWER_AND_PRESENCE, default_threshold=0.5)
     keys = Keys("hopeless:")
     windows = [w for w in _windows(redis_client, keys) if w.camera_id != "gappy"]
     store = WindowStore(redis_client, keys)
@@ -135,6 +142,22 @@ def test_ground_many_when_a_query_cannot_reach_its_threshold_skips_its_decoder_a
             else:
                 assert l.score < shipped.config.default_threshold
     assert 0 < matched < sum(len(w) for w in full)
+
+
+def test_ground_many_with_the_match_head_decodes_every_query_whatever_its_threshold(redis_client, shipped):
+    # given the shipped model (it scores with the match head: no upper bound before the decoder has run)
+    from engine.model.config import ScoreMode
+
+    assert shipped.config.score is ScoreMode.MATCH_HEAD
+    keys = Keys("head:")
+    windows = [w for w in _windows(redis_client, keys) if w.camera_id != "gappy"][:4]
+    store = WindowStore(redis_client, keys)
+    items = [(w, store.load_frames(w), [StandingQuery(q.id, q.text, threshold=0.99) for q in QUERIES]) for w in windows]
+    # when grounded with the hopeless skip on and off
+    full = WindowGrounder(shipped, TorchBackend(shipped), keys, skip_hopeless=False).ground_many(items)
+    lean = WindowGrounder(shipped, TorchBackend(shipped), keys).ground_many(items)
+    # then the scores are the same (no query was skipped)
+    assert [[o.score for o in w] for w in full] == [[o.score for o in w] for w in lean]
 
 
 # ---- placement: device and dtype (engine.device, engine.dtype) ----------------------------------------------------
