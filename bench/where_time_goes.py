@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engine.model.config import SpaceVLLMConfig, load_config
+from engine.model.config import SpaceVLLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +196,14 @@ def base_preprocessor(config: SpaceVLLMConfig, base_dir: str | Path) -> ImagePre
 def preprocessor_for_model_dir(model_dir: str | Path) -> ImagePreprocessor:
     """What a model directory's model will read, from its config (and its base checkpoint's preprocessor_config.json)
     alone: no weights are read, nothing is built. The same answer as `preprocessor_of(load_model(model_dir))`."""
-    d = Path(model_dir)
-    cfg_path = d / "config.json" if (d / "config.json").is_file() else d / "config.yaml"
-    if not cfg_path.is_file():
-        raise PreprocessorError(f"{d}: no config.json (is it a model directory?)")
+    from engine.model.checkpoint import CheckpointError, _base_dir, _open_model_dir
+
     try:
-        config = load_config(cfg_path)
-    except (ValueError, TypeError) as exc:
-        raise PreprocessorError(f"{cfg_path}: {exc}") from exc
-    if config.base_checkpoint:
-        base = Path(config.base_checkpoint)
-        return base_preprocessor(config, base if base.is_absolute() else d / base)
+        d, cfg_path, config = _open_model_dir(model_dir)
+        if config.base_checkpoint:
+            return base_preprocessor(config, _base_dir(d, cfg_path, config.base_checkpoint))
+    except CheckpointError as exc:
+        raise PreprocessorError(str(exc)) from None
     return ImagePreprocessor.for_config(config)
 
 

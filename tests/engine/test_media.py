@@ -1,7 +1,6 @@
 """The media worker on real Redis, real files and real H.264: snapshots, clips, missing frames, retention."""
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from engine.cli import main as cli
 from engine.events import EndReason, EventType
 from engine.queries import QueryRegistry, validate_query
-from engine.settings import EngineSettings
 from engine.window_source import WindowSource
 from stream.config import CameraSettings, WindowSettings
 from stream.health import read_health
