@@ -49,7 +49,7 @@ def main() -> None:
     ts = [0.5 * k for k in range(16)]
     with torch.no_grad():
         vis = model.encode_frames(px)
-        prefix = model.encode_window(None, ts, visual_tokens=vis)
+        prefix = model.encode_window(px, ts, visual_tokens=vis)
         q = torch.randn(4, 9, vis.shape[-1])
         mask = torch.ones(4, 9, dtype=torch.long)
         stq = prefix.stq_states[None].expand(4, -1, -1).contiguous()
@@ -58,7 +58,7 @@ def main() -> None:
     for name, b in backends.items():
         enc = median_time(lambda: b.encode_frames(px), args.repeats)
         dec = median_time(lambda: b.decode(stq, vis4, q, mask), args.repeats)
-        win = median_time(lambda: model.ground(model.encode_window(None, ts, visual_tokens=b.encode_frames(px)), QUESTIONS,
+        win = median_time(lambda: model.ground(model.encode_window(px, ts, visual_tokens=b.encode_frames(px)), QUESTIONS,
                                        decoder=b.decode), max(5, args.repeats // 4))
         rows[name] = (enc, dec, win)
     t = rows["torch"]

@@ -24,6 +24,7 @@ from bench.clips import demo_clip  # noqa: E402
 from engine.event_store import EventStore  # noqa: E402
 from engine.grounder import WindowGrounder  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
+from engine.model.match_head import colour_grid  # noqa: E402
 from engine.queries import StandingQuery  # noqa: E402
 from engine.runtime import build_backend  # noqa: E402
 from engine.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
@@ -135,11 +136,12 @@ def main() -> None:
                      windows_per_s))
         px = torch.rand(4, 3, size, size)
         rows.append(("vision encode, 4 new frames", per_call(lambda: backend.encode_frames(px), args.repeats, 5) * 1000, windows_per_s))
-        vis = backend.encode_frames(torch.rand(16, 3, size, size))
+        px16 = torch.rand(16, 3, size, size)
+        vis, colours = backend.encode_frames(px16), colour_grid(px16)  # what the grounder caches per frame
         rel = [0.5 * k for k in range(16)]
-        t_prefix = per_call(lambda: model.encode_window(None, rel, visual_tokens=vis), args.repeats, 5)
+        t_prefix = per_call(lambda: model.encode_window(None, rel, visual_tokens=vis, colours=colours), args.repeats, 5)
         rows.append(("LLM prefix (16 frames, ~290 tokens)", t_prefix * 1000, windows_per_s))
-        prefix = model.encode_window(None, rel, visual_tokens=vis)
+        prefix = model.encode_window(None, rel, visual_tokens=vis, colours=colours)
         questions = [QUERIES[k % len(QUERIES)] for k in range(args.queries)]
         calls = {"n": 0, "t": 0.0}
 
