@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from engine.model.config import ScoreMode
+from engine.model.match_head import MatchEvidence
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,9 @@ def read_rows(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def head_logits(model, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-    words = model.language_model.get_input_embeddings()(rows["word_ids"]).float().detach()
-    return model.match_head(rows["appearance"], rows["colour"], rows["trajectory"], rows["scores"], words, rows["word_ids"],
-                            rows["word_mask"])
+    """The head's logits on collected rows, as the model computes them at inference."""
+    return model.match_logits(MatchEvidence(rows["appearance"], rows["colour"], rows["trajectory"], rows["scores"],
+                                            rows["word_ids"], rows["word_mask"]))
 
 
 def threshold_for_recall(scores: np.ndarray, labels: np.ndarray, min_recall: float) -> float:

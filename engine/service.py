@@ -125,7 +125,7 @@ def load_engine_model(cfg: ServiceConfig):
     import torch
 
     from engine.model.checkpoint import load_model
-    from engine.model.placement import PlacementError, building_on, place, resolve_placement
+    from engine.model.placement import PlacementError, resolve_placement
     from engine.runtime import build_backend
 
     if cfg.engine.threads:
@@ -134,9 +134,7 @@ def load_engine_model(cfg: ServiceConfig):
         placement = resolve_placement(cfg.engine.device, cfg.engine.dtype)
     except PlacementError as exc:
         raise ServiceError(f"engine.device/engine.dtype: {exc}") from None
-    with building_on(placement):  # a 7B model is built where it runs, not first in float32 on the CPU
-        model = load_model(cfg.engine.model)
-    model = place(model, placement)
+    model = load_model(cfg.engine.model, placement=placement)  # built where it runs
     log.info("model %s on %s", model.config.name, placement)
     cache = Path(cfg.data_dir or default_data_dir()) / "onnx"
     return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir,

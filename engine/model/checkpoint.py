@@ -99,9 +99,17 @@ def _open_model_dir(directory: str | Path) -> tuple[Path, Path, SpaceVLLMConfig]
     return d, cfg_path, config
 
 
-def load_model(directory: str | Path, allow_missing: tuple[str, ...] = ()) -> SpaceVLLM:
+def load_model(directory: str | Path, allow_missing: tuple[str, ...] = (), placement=None) -> SpaceVLLM:
     """Load a model directory. `allow_missing`: name prefixes of parameters a newer architecture added
-    (kept at their initialisation; training resumes use it, inference never does)."""
+    (kept at their initialisation; training resumes use it, inference never does). `placement`
+    (`engine.model.placement.Placement`): build the model on that device in that dtype (a 7B model is never
+    materialised in float32 on the host first) and place it there."""
+    if placement is not None:
+        from engine.model.placement import building_on, place
+
+        with building_on(placement):
+            model = load_model(directory, allow_missing)
+        return place(model, placement)
     d, cfg_path, config = _open_model_dir(directory)
     if config.base_checkpoint:  # a 7B directory: base weights from a local LLaVA-OneVision checkpoint, heads from here
         from engine.model.llava_onevision import load_from_llava_onevision

@@ -51,8 +51,8 @@ class MatchEvidence:
     def row(self, i: int) -> dict[str, torch.Tensor]:
         """Row i as a dict of host tensors (unpadded words), for saving as safetensors."""
         m = self.word_mask[i].bool()
-        return {"appearance": self.appearance[i].cpu(), "colour": self.colour[i].cpu(), "trajectory": self.trajectory[i].cpu(), "scores": self.scores[i].cpu(),
-                "word_ids": self.word_ids[i][m].cpu()}
+        return {"appearance": self.appearance[i].cpu(), "colour": self.colour[i].cpu(), "trajectory": self.trajectory[i].cpu(),
+                "scores": self.scores[i].cpu(), "word_ids": self.word_ids[i][m].cpu()}
 
 
 def colour_grid(pixels: torch.Tensor, grid: int = COLOUR_GRID) -> torch.Tensor:

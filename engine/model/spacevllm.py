@@ -19,7 +19,7 @@ from torch import nn
 from engine.model.config import DECODER_MAX_PAIRS, PromptOrder, ScoreMode, SpaceVLLMConfig
 from engine.model.interleave import question_ids, splice, video_prefix_ids
 from engine.model.llm import build_llm
-from engine.model.match_head import MatchHead, colour_grid, gather_evidence
+from engine.model.match_head import MatchEvidence, MatchHead, colour_grid, gather_evidence
 from engine.model.projector import Projector, pool_grid
 from engine.model.space_decoder import SpaceDecoder, SpaceDecoderOutput, build_space_decoder
 from engine.model.tokenizer import PromptVocab
@@ -417,11 +417,7 @@ class SpaceVLLM(nn.Module):
             evidence = gather_evidence(frame_tokens, stq_states, colours, row_window, [() if h else f for h, f in zip(hopeless, frames)],
                                        boxes, presence, timestamps_s, answer_score, q_ids, qmask)
         if mode is ScoreMode.MATCH_HEAD:
-            dt = self.match_head.log_temperature.dtype
-            words = self.language_model.get_input_embeddings()(evidence.word_ids).to(dt)
-            logits = self.match_head(evidence.appearance.to(dt), evidence.colour.to(dt), evidence.trajectory.to(dt),
-                                     evidence.scores.to(dt), words, evidence.word_ids, evidence.word_mask)
-            score = logits.float().sigmoid().cpu()
+            score = self.match_logits(evidence).float().sigmoid().cpu()
         results = []
         for i in range(n):
             idx = () if hopeless[i] else frames[i]
@@ -429,6 +425,13 @@ class SpaceVLLM(nn.Module):
             results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i]),
                                      evidence.row(i) if with_evidence else None))
         return results
+
+    def match_logits(self, evidence: MatchEvidence) -> torch.Tensor:
+        """(N,) the match head's logits on N rows of evidence (in the head's dtype; each word read from the LLM's table)."""
+        dt = self.match_head.log_temperature.dtype
+        words = self.language_model.get_input_embeddings()(evidence.word_ids).to(dt)
+        return self.match_head(evidence.appearance.to(dt), evidence.colour.to(dt), evidence.trajectory.to(dt),
+                               evidence.scores.to(dt), words, evidence.word_ids, evidence.word_mask)
 
     def _step(self, ids, attn, pos, cache):
         emb = self.language_model.get_input_embeddings()(ids)

@@ -170,12 +170,9 @@ BF16_BOX_ATOL, BF16_BOX_MEAN = 0.05, 0.01
 
 
 def _placed(placement_name: tuple[str, str]):
-    from engine.model.placement import building_on, place, resolve_placement
+    from engine.model.placement import resolve_placement
 
-    where = resolve_placement(*placement_name)
-    with building_on(where):
-        model = load_model(DEFAULT_MODEL_DIR)
-    return place(model, where)
+    return load_model(DEFAULT_MODEL_DIR, placement=resolve_placement(*placement_name))
 
 
 def _compare_placements(a: list, b: list, wh=(320, 240)) -> dict:

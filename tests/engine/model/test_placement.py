@@ -67,7 +67,7 @@ def test_ground_when_the_shipped_model_runs_on_cuda_matches_the_cpu_and_answers_
     from engine.model.match_head import colour_grid
 
     from engine.model.checkpoint import load_model
-    from engine.model.placement import building_on, place, resolve_placement
+    from engine.model.placement import resolve_placement
 
     shipped = Path(__file__).resolve().parents[3] / "models" / "tiny"
     questions = ["the red circle moving right", "the blue square", "the green triangle moving up"]
@@ -77,8 +77,7 @@ def test_ground_when_the_shipped_model_runs_on_cuda_matches_the_cpu_and_answers_
     for device, dt in [("cpu", "float32"), ("cuda", dtype)]:
         # given the shipped model built on the device in the dtype (as the engine loads it)
         where = resolve_placement(device, dt)
-        with building_on(where):
-            model = place(load_model(shipped), where)
+        model = load_model(shipped, placement=where)
         if model.config.score is not ScoreMode(score):  # both score modes (the head as shipped, or initialised)
             model.config = dataclasses.replace(model.config, score=ScoreMode(score))
         px = frames.to(where.device, where.dtype)
