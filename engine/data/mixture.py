@@ -19,6 +19,7 @@ Bad records fail with `RecordError`, one line naming the file, the record and th
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,16 +241,24 @@ def clip_length(item: GroundingItem, anno: Path) -> tuple[int, float]:
     if item.n_frames and item.fps:
         return item.n_frames, item.fps
     try:
-        with av.open(str(item.media)) as c:
-            st = c.streams.video[0]
-            fps = item.fps or float(st.average_rate or 0)
-            n = st.frames or (int(float(st.duration * st.time_base) * fps) if st.duration else 0)
-            if not n:  # no count in the container: decode to count
-                n = sum(1 for _ in c.decode(st))
+        n, fps = _container_length(str(item.media), float(item.fps or 0))
     except (av.error.FFmpegError, IndexError, OSError) as exc:
         raise RecordError(f"{item.media}: cannot read the video ({exc}) (record '{item.vid}' of {anno})") from None
     if n <= 0 or fps <= 0:
         raise RecordError(f"{item.media}: no frame count or frame rate (record '{item.vid}' of {anno})")
+    return n, fps
+
+
+@functools.lru_cache(maxsize=4096)
+def _container_length(media: str, fps: float) -> tuple[int, float]:
+    """(frames, fps) from the container (fps: the annotation's when given), probed once per file and process: a
+    record drawn again (every Charades-STA record lacks both) does not reopen, or decode to count, its video."""
+    with av.open(media) as c:
+        st = c.streams.video[0]
+        fps = fps or float(st.average_rate or 0)
+        n = st.frames or (int(float(st.duration * st.time_base) * fps) if st.duration else 0)
+        if not n:  # no count in the container: decode to count
+            n = sum(1 for _ in c.decode(st))
     return n, fps
 
 

@@ -114,5 +114,5 @@ def save_finetuned(model: SpaceVLLM, directory: Path, state: dict[str, torch.Ten
         cfg = llm.peft_config["default"]
         settings = LoraSettings(rank=cfg.r, alpha=float(cfg.lora_alpha), dropout=float(cfg.lora_dropout),
                                 target_modules=tuple(sorted(cfg.target_modules)))
-        save_lora(llm, settings, directory, adapter_tensors(state))
+        save_lora(settings, directory, adapter_tensors(state))
     return directory

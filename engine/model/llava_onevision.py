@@ -8,6 +8,7 @@ pickle files are refused.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -105,8 +106,7 @@ def load_from_llava_onevision(config: SpaceVLLMConfig, directory: str | Path, he
     if any(k.startswith("vision_tower.model.vision_model.") for k in model.state_dict()):  # transformers 4.x layout
         state = {("vision_tower.model.vision_model." + k[len("vision_tower.model."):] if k.startswith("vision_tower.model.") else k): v
                  for k, v in state.items()}
-    expected = {k: v for k, v in model.state_dict().items()
-                if k.startswith(("vision_tower.", "projector.", "language_model."))}
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(BASE_PARTS)}
     check_state(expected, state, f"{d} (LLaVA-OneVision base)")
     model.load_state_dict(state, strict=False)
     # grow the embeddings for our prompt tokens; their rows come from the heads file when given
@@ -150,7 +150,13 @@ def load_heads(model: SpaceVLLM, heads: str | Path, base_vocab: int) -> None:
 
 
 def base_vocab_size(directory: str | Path) -> int:
-    """Tokens of the base checkpoint's own tokenizer: our prompt tokens' rows start there."""
+    """Tokens of the base checkpoint's own tokenizer: our prompt tokens' rows start there (read once per process:
+    a 7B tokenizer.json is ~7 MB, and every checkpoint save asks)."""
+    return _base_vocab_size(str(Path(directory).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _base_vocab_size(directory: str) -> int:
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: missing tokenizer.json")

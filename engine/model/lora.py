@@ -57,10 +57,11 @@ def lora_state(llm: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(llm).items()}
 
 
-def save_lora(llm: nn.Module, settings: LoraSettings, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+def save_lora(settings: LoraSettings, directory: Path, state: dict[str, torch.Tensor]) -> None:
+    """The adapter tensors (`lora_state`, or gathered from a sharded run) and their settings, beside the heads."""
     from safetensors.torch import save_file
 
-    save_file(state if state is not None else lora_state(llm), str(directory / ADAPTERS_FILE), metadata={"format": "pt"})
+    save_file(state, str(directory / ADAPTERS_FILE), metadata={"format": "pt"})
     (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
 
 
