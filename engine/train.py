@@ -40,7 +40,7 @@ from engine.data.synthetic import make_pair, make_sample
 from engine.distributed import ProcessGroup, barrier, init_process_group, mean_over_ranks, teardown
 from engine.model.checkpoint import load_model, save_model
 from engine.model.config import ScoreMode, SpaceVLLMConfig, load_config
-from engine.model.losses import SpaceVLLMCriterion
+from engine.model.losses import LossTerms, SpaceVLLMCriterion
 from engine.model.spacevllm import SpaceVLLM, build_spacevllm
 from engine.model.tokenizer import train_tokenizer
 
@@ -337,7 +337,6 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
     image_size = model.config.vision.image_size
     if settings.mixture:
         from engine.data.mixture import MixtureSteps, load_mixture
-
         from engine.model.preprocess import preprocessor_of
 
         # real frames are resized by the model's own rule (the base checkpoint's preprocessor_config.json)
@@ -348,6 +347,7 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
 
     started = time.monotonic()
     bar = tqdm(total=settings.steps, initial=step, desc="train", dynamic_ncols=True, disable=not group.is_main)
+    train_log = open(out / "train_log.jsonl", "a", buffering=1) if group.is_main else None  # a line per step (rank 0)
     window = deque(maxlen=50)
     last: dict[str, float] = {}
     try:
@@ -370,7 +370,7 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                     logits, decoder, presence_logits = float_outputs(outp)  # the losses in fp32 (no-ops in fp32 runs)
                     terms = crit(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
                     scaler.scale(terms.total / len(batches)).backward()
-                micro_terms.append(terms.as_floats())
+                micro_terms.append(terms.as_tensor())  # read on the host once per step (`averaged`)
             if settings.fsdp:
                 sync_unsharded_grads(model, group)
             scaler.unscale_(opt)
@@ -383,9 +383,8 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
             step += 1
             last = averaged(micro_terms, group)
             window.append((last, time.monotonic() - t0, settings.batch_size if group.distributed else sum(b.pixels.shape[0] for b in batches)))
-            if group.is_main:
-                with open(out / "train_log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "lr": lr_at(step - 1, settings), **last}) + "\n")
+            if train_log is not None:
+                train_log.write(json.dumps({"step": step, "lr": lr_at(step - 1, settings), **last}) + "\n")
             if step % 10 == 0:
                 avg = {k: np.mean([w[0][k] for w in window]) for k in window[0][0]}
                 sps = sum(w[2] for w in window) / max(1e-9, sum(w[1] for w in window))
@@ -399,6 +398,8 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                 break
     finally:
         bar.close()
+        if train_log is not None:
+            train_log.close()
     if settings.digests and not settings.fsdp:  # an FSDP rank holds shards: nothing to compare
         write_digest(out, model, step, group, trainable)
     if not group.is_main:
@@ -490,13 +491,11 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(*(getattr(batch, f.name).to(device, non_blocking=True) for f in dataclasses.fields(batch)))
 
 
-def averaged(micro_terms: list[dict[str, float]], group: ProcessGroup) -> dict[str, float]:
-    """Loss terms averaged over this step's micro-batches and over every rank."""
-    keys = list(micro_terms[0])
-    local = torch.tensor([[t[k] for k in keys] for t in micro_terms], dtype=torch.float64).mean(0)
-    if len(micro_terms) == 1 and not group.distributed:
-        return micro_terms[0]
-    return dict(zip(keys, mean_over_ranks(local, group).tolist()))
+def averaged(micro_terms: list[torch.Tensor], group: ProcessGroup) -> dict[str, float]:
+    """Loss terms (`LossTerms.as_tensor` per micro-batch) averaged over this step's micro-batches and over every rank:
+    one copy to the host per step."""
+    local = torch.stack(micro_terms).cpu().double().mean(0)
+    return dict(zip(LossTerms.NAMES, mean_over_ranks(local, group).tolist()))
 
 
 def agreed_timeout(settings: TrainSettings, started: float, group: ProcessGroup) -> bool:

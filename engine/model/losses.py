@@ -24,9 +24,11 @@ class LossTerms:
     heatmap: torch.Tensor
     answer_presence: torch.Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        names = ("total", "lm", "l1", "giou", "presence", "heatmap", "answer_presence")
-        return {k: float(getattr(self, k).detach()) for k in names}
+    NAMES = ("total", "lm", "l1", "giou", "presence", "heatmap", "answer_presence")
+
+    def as_tensor(self) -> torch.Tensor:
+        """(len(NAMES),) the terms, detached, where they were computed (no host sync)."""
+        return torch.stack([getattr(self, k).detach().float() for k in self.NAMES])
 
 
 class SpaceVLLMCriterion(nn.Module):
