@@ -117,7 +117,7 @@ def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Pa
     predictions, latencies = {}, []
     for it in tqdm(items, desc=f"eval {fmt}", dynamic_ncols=True):
         if it.task == "rec":
-            frames, fps = [_decode_image(it.media)], 1.0
+            frames, fps = [decode_image_file(it.media)], 1.0
             wh = (frames[0].shape[1], frames[0].shape[0])
         else:
             frames, fps, wh = decode_video(it.media)
@@ -147,7 +147,8 @@ def evaluate(fmt: str, anno: str | Path, videos: str | Path, model_dir: str | Pa
     return result
 
 
-def _decode_image(path: Path) -> np.ndarray:
+def decode_image_file(path: Path) -> np.ndarray:
+    """An image file (JPEG, PNG, ...) as RGB uint8 (H, W, 3), through PyAV (evaluation and training read it alike)."""
     with av.open(str(path)) as c:
         return next(c.decode(video=0)).to_ndarray(format="rgb24")
 

@@ -289,9 +289,10 @@ def read_frames(item: GroundingItem, anno: Path, indices: list[int], preprocesso
 
 
 def read_image(item: GroundingItem, anno: Path) -> np.ndarray:
+    from engine.evaluate import decode_image_file
+
     try:
-        with av.open(str(item.media)) as c:
-            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+        return decode_image_file(item.media)
     except (av.error.FFmpegError, StopIteration, IndexError, OSError) as exc:
         raise RecordError(f"{item.media}: cannot decode the image ({exc!r}) (record '{item.vid}' of {anno})") from None
 

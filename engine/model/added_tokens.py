@@ -15,10 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class AddedRowsEmbedding(nn.Module):
-    """An embedding whose rows [base_vocab, base_vocab + k) come from the trainable `added`."""
+class _AddedRows(nn.Module):
+    """A frozen (V, D) matrix whose rows [base_vocab, base_vocab + k) come from the trainable `added` (k, D)."""
 
-    def __init__(self, base: nn.Embedding, base_vocab: int, k: int) -> None:
+    def __init__(self, base: nn.Module, base_vocab: int, k: int) -> None:
         super().__init__()
         assert base_vocab + k <= base.weight.shape[0], "the matrix must already have rows for the added tokens"
         self.base = base.requires_grad_(False)
@@ -31,6 +31,10 @@ class AddedRowsEmbedding(nn.Module):
         w[self.base_vocab : self.base_vocab + self.added.shape[0]] = self.added.detach().to(w.dtype)
         return w
 
+
+class AddedRowsEmbedding(_AddedRows):
+    """An embedding whose added tokens' rows are trainable."""
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         k = self.added.shape[0]
         out = self.base(input_ids)  # (B, L, D)
@@ -40,27 +44,20 @@ class AddedRowsEmbedding(nn.Module):
         return torch.where(is_added[..., None], rows.to(out.dtype), out)
 
 
-class AddedRowsHead(nn.Module):
-    """An output projection (no bias) whose rows [base_vocab, base_vocab + k) come from the trainable `added`."""
+class AddedRowsHead(_AddedRows):
+    """An output projection (no bias) whose added tokens' rows are trainable."""
 
     def __init__(self, base: nn.Linear, base_vocab: int, k: int) -> None:
-        super().__init__()
         assert base.bias is None, "LM heads have no bias"
-        self.base = base.requires_grad_(False)
-        self.base_vocab = base_vocab
-        self.added = nn.Parameter(base.weight.detach()[base_vocab : base_vocab + k].clone().float())  # (k, D)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        w = self.base.weight.detach().clone()
-        w[self.base_vocab : self.base_vocab + self.added.shape[0]] = self.added.detach().to(w.dtype)
-        return w
+        super().__init__(base, base_vocab, k)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         k = self.added.shape[0]
         logits = self.base(hidden)  # (..., V)
-        added = F.linear(hidden, self.added.to(hidden.dtype))  # (..., k)
-        return torch.cat([logits[..., : self.base_vocab], added.to(logits.dtype), logits[..., self.base_vocab + k :]], dim=-1)
+        # written over the base's columns in place: a linear layer's backward does not read its output, and a
+        # concatenation would make a second (..., V) tensor on every step (V = 152k for Qwen2-7B)
+        logits[..., self.base_vocab : self.base_vocab + k] = F.linear(hidden, self.added.to(hidden.dtype)).to(logits.dtype)
+        return logits
 
 
 def train_added_rows(llm: nn.Module, base_vocab: int, k: int) -> None:
