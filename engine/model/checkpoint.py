@@ -83,6 +83,13 @@ def optional_prefixes(config) -> tuple[str, ...]:
     return TRAINING_ONLY + ZERO_INIT_ADDITIONS + unused
 
 
+def optional_left_out(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The tensors of `expected` that `given` (a checkpoint of `config`) left out and may leave out: they are kept at
+    their initialisation (checked and loaded as if given)."""
+    prefixes = optional_prefixes(config)
+    return {k: v for k, v in expected.items() if k not in given and k.startswith(prefixes)}
+
+
 def _open_model_dir(directory: str | Path) -> tuple[Path, Path, SpaceVLLMConfig]:
     """The directory, its config file and config; CheckpointError for a missing directory, pickle files or a bad config."""
     d = Path(directory)
@@ -132,7 +139,7 @@ def load_model(directory: str | Path, allow_missing: tuple[str, ...] = (), place
     kept = {k: v for k, v in expected.items() if k not in state and k.startswith(allow_missing)} if allow_missing else {}
     if kept:
         log.warning("keeping %d newly added tensors at initialisation: %s", len(kept), sorted(kept))
-    kept.update({k: v for k, v in expected.items() if k not in state and k.startswith(optional_prefixes(config))})
+    kept.update(optional_left_out(expected, state, config))
     check_state(expected, {**state, **kept}, str(d / "model.safetensors"))
     model.load_state_dict({**state, **kept})
     return model.eval()
@@ -185,7 +192,7 @@ def check_model_dir(directory: str | Path) -> str:
         model = build_spacevllm(config, load_tokenizer(d / "tokenizer.json"))
     expected = {k: v for k, v in model.state_dict().items()}
     given = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-    given.update({k: v for k, v in expected.items() if k not in given and k.startswith(optional_prefixes(config))})
+    given.update(optional_left_out(expected, given, config))
     check_state(expected, given, str(d / "model.safetensors"))
     return f"{config.name} ({len(shapes)} tensors)"
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tokenizers import AddedToken, Tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from engine.model.checkpoint import CheckpointError, check_state, optional_prefixes, read_safetensors, refuse_pickle
+from engine.model.checkpoint import CheckpointError, check_state, optional_left_out, read_safetensors, refuse_pickle
 from engine.model.config import SpaceVLLMConfig
 from engine.model.preprocess import PreprocessorError, base_preprocessor
 from engine.model.space_decoder import build_space_decoder
@@ -131,7 +131,7 @@ def load_heads(model: SpaceVLLM, heads: str | Path, base_vocab: int) -> None:
     overrides = {k: state.pop(k) for k in list(state) if k.startswith(BASE_PARTS)}
     full = model.state_dict()
     own = {k: v for k, v in full.items() if not k.startswith(BASE_PARTS)}
-    kept = {k: v for k, v in own.items() if k not in state and k.startswith(optional_prefixes(model.config))}
+    kept = optional_left_out(own, state, model.config)
     check_state(own, {**state, **kept}, f"{heads} (SpaceVLLM heads)")
     unknown = sorted(k for k in overrides if k not in full)
     if unknown:
