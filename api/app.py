@@ -19,9 +19,9 @@ from api import cameras, dashboard, events, media, queries
 from api.auth import TokenStore
 from api.context import READ, ApiContext, ctx
 from api.metrics import build_registry
-from engine.feed import EventFeed
-from engine.queries import QueryRegistry
-from engine.settings import ApiSettings
+from engine.contracts.feed import EventFeed
+from engine.contracts.queries import QueryRegistry
+from engine.contracts.settings import ApiSettings
 from stream.cameras import CameraRegistry
 from stream.keys import Keys
 

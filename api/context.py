@@ -9,9 +9,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Identity, Scope, TokenStore
-from engine.feed import EventFeed
-from engine.queries import QueryRegistry
-from engine.settings import ApiSettings
+from engine.contracts.feed import EventFeed
+from engine.contracts.queries import QueryRegistry
+from engine.contracts.settings import ApiSettings
 from stream.cameras import CameraRegistry
 from stream.keys import Keys
 

@@ -1,6 +1,6 @@
 """`/v1/events`: history (newest first, cursor paging), one event by id, and the live feed over SSE.
 
-Everything reads the durable feed (`engine.feed.EventFeed`: one stream per shard, exact cursors):
+Everything reads the durable feed (`engine.contracts.feed.EventFeed`: one stream per shard, exact cursors):
 - `GET /v1/events` pages backward: `next_cursor` goes in `cursor=` for the next (older) page.
   Entries are the feed's messages (`new`, `update`, `end`: one event id has several).
 - `GET /v1/events/stream` follows forward. Every message has an `id:` line holding the feed cursor
@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from api.context import READ, ApiContext, ctx
-from engine.feed import Cursor, CursorError, EventFilter
+from engine.contracts.feed import Cursor, CursorError, EventFilter
 from stream.keys import ID_PATTERN
 
 router = APIRouter(prefix="/v1/events", tags=["events"])

@@ -2,7 +2,7 @@
 seek), `/media` (the event's media status: what exists, what is missing and why), and
 `GET /v1/cameras/{id}/latest.jpg` (the newest preview frame; its capture time in `X-Frame-Ts`).
 
-The files are made by the media worker (`engine/media.py`) under the media directory this API is given
+The files are made by the media worker (`engine/media/worker.py`) under the media directory this API is given
 (`media.dir`, default `<data_dir>/media`); previews are read from Redis. All need the `read` scope: a page
 fetches them with its bearer token and shows them through blob URLs (see api/static/app.js).
 """
@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from fastapi.responses import FileResponse
 
 from api.context import READ, ApiContext, ctx
-from engine.media_store import CLIP, SNAPSHOT, MediaStore
+from engine.media.store import CLIP, SNAPSHOT, MediaStore
 from stream.keys import ID_PATTERN
 from stream.store import preview_times
 

@@ -1,7 +1,7 @@
 """`/metrics`: Prometheus exposition of the whole deployment, read from Redis at scrape time.
 
 Every number that ingest and engine workers keep is in Redis already (camera health hashes, the
-Redis-held engine and webhook counters of `engine/telemetry.py`, the window streams' consumer
+Redis-held engine and webhook counters of `engine/contracts/telemetry.py`, the window streams' consumer
 groups), so one scrape of the API shows all of them, however many engine workers run and wherever.
 Scrape one API process (several would report the same numbers). Names follow Prometheus
 conventions: `svl_` prefix, `_total` counters, `_seconds` units, a `camera` label and no other
@@ -16,7 +16,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from engine.telemetry import LATENCY_BUCKETS, WINDOW_BUCKETS, parse_field
+from engine.contracts.telemetry import LATENCY_BUCKETS, WINDOW_BUCKETS, parse_field
 from stream.health import CameraState, read_health
 from stream.keys import Keys
 

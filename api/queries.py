@@ -1,4 +1,4 @@
-"""`/v1/queries`: standing queries, with the one query schema (`engine.queries.QuerySpec`) as the body.
+"""`/v1/queries`: standing queries, with the one query schema (`engine.contracts.queries.QuerySpec`) as the body.
 
 POST refuses an existing id (409); PUT creates or replaces (keeping `created_at`). Webhook secrets
 are write-only: responses show them as `<redacted>`.
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.context import READ, WRITE, ApiContext, ctx
-from engine.queries import QueryExists, QuerySpec, from_spec
+from engine.contracts.queries import QueryExists, QuerySpec, from_spec
 from stream.keys import ID_PATTERN
 
 router = APIRouter(prefix="/v1/queries", tags=["queries"])

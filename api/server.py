@@ -20,7 +20,7 @@ import uvicorn
 from api.app import create_app
 from api.auth import ENV_TOKEN, TokenStore
 from api.webhooks import WebhookDispatcher
-from engine.settings import ApiSettings
+from engine.contracts.settings import ApiSettings
 from stream.keys import Keys
 from stream.redis_server import read_or_create_secret
 

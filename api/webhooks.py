@@ -31,10 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from engine.feed import EventFeed, FeedEntry
-from engine.queries import QueryRegistry, StandingQuery, Webhook
-from engine.settings import ApiSettings
-from engine.telemetry import RedisCounters, field_name
+from engine.contracts.feed import EventFeed, FeedEntry
+from engine.contracts.queries import QueryRegistry, StandingQuery, Webhook
+from engine.contracts.settings import ApiSettings
+from engine.contracts.telemetry import RedisCounters, field_name
 from stream.keys import Keys
 from stream.redis_link import RedisLink
 from stream.urls import url_origin

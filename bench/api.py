@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from api.auth import Identity, Scope, TokenStore, digest  # noqa: E402
 from api.server import ApiServer  # noqa: E402
-from engine.settings import ApiSettings  # noqa: E402
+from engine.contracts.settings import ApiSettings  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
 from tests.api.events_helpers import SseReader, make_event, write_event  # noqa: E402

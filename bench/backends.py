@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_time  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
-from engine.runtime import TorchBackend  # noqa: E402
-from engine.runtime.ort import OrtBackend  # noqa: E402
-from engine.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from engine.serving.runtime import TorchBackend  # noqa: E402
+from engine.serving.runtime.ort import OrtBackend  # noqa: E402
+from engine.contracts.settings import DEFAULT_MODEL_DIR  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 
 QUESTIONS = ["the red circle moving right", "the yellow triangle moving down", "the blue square", "the green triangle moving up"]
@@ -37,7 +37,7 @@ def main() -> None:
     export_onnx(args.model, onnx_dir)
     backends = {"torch": TorchBackend(model), "onnxruntime": OrtBackend(onnx_dir, threads=args.threads)}
     try:
-        from engine.runtime.trt import TensorRTBackend
+        from engine.serving.runtime.trt import TensorRTBackend
         from export.tensorrt import build_engines
 
         build_engines(onnx_dir, onnx_dir / "trt", fp16=True)

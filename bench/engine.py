@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.grounder import WindowGrounder  # noqa: E402
+from engine.serving.grounder import WindowGrounder  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
-from engine.queries import QueryRegistry, validate_query  # noqa: E402
-from engine.runtime import TorchBackend  # noqa: E402
-from engine.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
-from engine.worker import EngineWorker  # noqa: E402
+from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
+from engine.serving.runtime import TorchBackend  # noqa: E402
+from engine.contracts.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
+from engine.serving.worker import EngineWorker  # noqa: E402
 from stream.config import CameraSettings, WindowSettings  # noqa: E402
 from stream.ingest import IngestService  # noqa: E402
 from stream.keys import Keys  # noqa: E402
@@ -63,7 +63,7 @@ def per_window(client, model, repeats: int) -> list[tuple[int, float, float]]:
     _, fields = client.xrange(keys.windows_for("c"), count=1)[0]
     window = Window.from_fields(fields)
     frames = client.mget([keys.frame("c", t) for t in window.frames_ms])
-    from engine.queries import StandingQuery
+    from engine.contracts.queries import StandingQuery
 
     rows = []
     for n in (1, 4, 16):
@@ -102,15 +102,15 @@ def latency(url: str, model, seconds: float, cameras: int = 4, queries: int = 4)
     dt = time.perf_counter() - t0
     t.join(10)
     produced = sum(int(client.hget(keys.health(c.id), "windows") or 0) for c in cams)
-    # capture of a window's last frame -> its events committed: the worker's own histogram (engine/latency.py)
+    # capture of a window's last frame -> its events committed: the worker's own histogram (engine/serving/latency.py)
     st = worker.stats
     return st.latency.counts, st.processed / dt, produced / dt, st.superseded + st.stale
 
 
 def batching(client, model, repeats: int) -> list[tuple[str, float, float]]:
     """(backend, ms per window one at a time, ms per window in a batch of 8), medians of interleaved repeats."""
-    from engine.queries import StandingQuery
-    from engine.runtime import build_backend
+    from engine.contracts.queries import StandingQuery
+    from engine.serving.runtime import build_backend
 
     keys = Keys("bat:")
     cams = [CameraSettings(id=f"c{k}", url=f"synthetic://demo?fps=10&realtime=0&seconds=12&epoch={1000 + 3 * k}") for k in range(8)]
@@ -167,7 +167,7 @@ def main() -> None:
         print(f"   {'queries':>7} | {'shared (ms)':>11} | {'per-query (ms)':>14} | {'per-query/shared':>16} | {'shared t(n)/t(1)':>16}")
         for n, sh, nv in rows:
             print(f"   {n:>7} | {sh * 1000:>11.1f} | {nv * 1000:>14.1f} | {nv / sh:>16.2f} | {sh / rows[0][1]:>16.2f}")
-        from engine.latency import quantile
+        from engine.serving.latency import quantile
 
         counts, wps_done, wps_made, skipped = latency(server.url, model, args.seconds)
         print(f"3. 4 real-time synthetic cameras x 4 queries, {args.seconds:.0f} s: windows produced {wps_made:.2f}/s, "

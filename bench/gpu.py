@@ -96,7 +96,7 @@ def tensorrt_parts(model: SpaceVLLM, placement: Placement, work: Path):
         return None, "unavailable (needs --device cuda)"
     try:
         from engine.model.checkpoint import save_model
-        from engine.runtime.trt import TensorRTBackend
+        from engine.serving.runtime.trt import TensorRTBackend
         from export.onnx_export import export_onnx
         from export.tensorrt import build_engines
 

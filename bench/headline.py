@@ -33,11 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clips import demo_clip  # noqa: E402
-from engine.latency import diff, quantile  # noqa: E402
-from engine.queries import QueryRegistry, validate_query  # noqa: E402
-from engine.service import engine_role, ingest_role, up_threads  # noqa: E402
-from engine.settings import EngineSettings, ServiceConfig  # noqa: E402
-from engine.supervisor import Supervisor  # noqa: E402
+from engine.serving.latency import diff, quantile  # noqa: E402
+from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
+from engine.app.service import engine_role, ingest_role, up_threads  # noqa: E402
+from engine.contracts.settings import EngineSettings, ServiceConfig  # noqa: E402
+from engine.app.supervisor import Supervisor  # noqa: E402
 from stream.config import CameraSettings, IngestSettings, RedisSettings, WindowSettings  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
@@ -55,7 +55,7 @@ def quiet(line: str) -> None:
 
 def combined_role(control, cfg: ServiceConfig, url: str, cameras) -> None:
     """Ingest and the engine as threads of one process: how `up` ran them before issue 14 (for --topology threads)."""
-    from engine.service import build_engine, load_engine_model
+    from engine.app.service import build_engine, load_engine_model
     from stream.ingest import IngestService
 
     if control.threads:

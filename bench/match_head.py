@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.data.formats import draw_clip  # noqa: E402
-from engine.evaluate import window_prefix  # noqa: E402
+from engine.training.data.formats import draw_clip  # noqa: E402
+from engine.training.evaluate import window_prefix  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
 from engine.model.config import ScoreMode  # noqa: E402
-from engine.settings import DEFAULT_MODEL_DIR  # noqa: E402
-from engine.swaps import clip_frames  # noqa: E402
+from engine.contracts.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from engine.training.swaps import clip_frames  # noqa: E402
 
 QUERIES = ["the red circle moving right", "the yellow triangle moving down", "the blue square", "the green triangle moving up",
            "the white circle moving left", "the small red circle", "the large blue square moving up", "the white square",

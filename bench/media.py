@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.events import Box, EndReason, EventType, GroundingEvent  # noqa: E402
-from engine.media import MediaWorker  # noqa: E402
-from engine.media_store import MediaStore  # noqa: E402
-from engine.settings import MediaSettings  # noqa: E402
+from engine.contracts.events import Box, EndReason, EventType, GroundingEvent  # noqa: E402
+from engine.media.worker import MediaWorker  # noqa: E402
+from engine.media.store import MediaStore  # noqa: E402
+from engine.contracts.settings import MediaSettings  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.preview import preview_jpeg  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402

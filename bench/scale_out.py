@@ -24,8 +24,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.queries import QueryRegistry, validate_query  # noqa: E402
-from engine.settings import DEFAULT_MODEL_DIR  # noqa: E402
+from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
+from engine.contracts.settings import DEFAULT_MODEL_DIR  # noqa: E402
 from stream.config import CameraSettings, WindowSettings  # noqa: E402
 from stream.ingest import IngestService  # noqa: E402
 from stream.keys import Keys  # noqa: E402
@@ -55,7 +55,7 @@ def drain(url: str, cluster: bool, prefix: str, workers: int, total: int, tmp: P
     env = {**os.environ, "REDIS_URL": "", "REDIS_CLUSTER": "", "OMP_NUM_THREADS": "1"}
     client = connect(url, cluster=cluster)
     keys = Keys(prefix)
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "engine", "--config", str(cfg), "--consumer", f"w{i}",
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.app.cli", "engine", "--config", str(cfg), "--consumer", f"w{i}",
                                "--exit-when-idle", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
              for i in range(workers)]
 

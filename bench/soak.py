@@ -27,9 +27,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.event_store import done_ttl_s  # noqa: E402
-from engine.queries import QueryRegistry, validate_query  # noqa: E402
-from engine.settings import EngineSettings  # noqa: E402
+from engine.serving.event_store import done_ttl_s  # noqa: E402
+from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
+from engine.contracts.settings import EngineSettings  # noqa: E402
 from stream.config import WindowSettings  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> None:
     }))
     env = {**os.environ, "REDIS_URL": "", "REDIS_CLUSTER": ""}
     logs = {role: open(tmp / f"{role}.log", "w") for role in ("ingest", "engine")}
-    procs = {role: subprocess.Popen([sys.executable, "-m", "engine.cli", role, "--config", str(cfg)], stdout=logs[role],
+    procs = {role: subprocess.Popen([sys.executable, "-m", "engine.app.cli", role, "--config", str(cfg)], stdout=logs[role],
                                     stderr=subprocess.STDOUT, env=env) for role in ("ingest", "engine")}
     samples = []
     started = time.monotonic()

@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clips import demo_clip  # noqa: E402
-from engine.event_store import EventStore  # noqa: E402
-from engine.grounder import WindowGrounder  # noqa: E402
+from engine.serving.event_store import EventStore  # noqa: E402
+from engine.serving.grounder import WindowGrounder  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
 from engine.model.match_head import colour_grid  # noqa: E402
-from engine.queries import StandingQuery  # noqa: E402
-from engine.runtime import build_backend  # noqa: E402
-from engine.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
+from engine.contracts.queries import StandingQuery  # noqa: E402
+from engine.serving.runtime import build_backend  # noqa: E402
+from engine.contracts.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
 from stream.imagecodec import decode_image, encode_image, resize  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402

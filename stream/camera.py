@@ -64,7 +64,7 @@ class CameraWorker(threading.Thread):
             raise TypeError("CameraWorker needs a Redis client")
         if windows.input_size is None:
             raise ValueError(f"camera {settings.id}: windows.input_size is not set; the service fills in the model's "
-                             "(engine.service.model_windows) before ingest starts")
+                             "(engine.app.service.model_windows) before ingest starts")
         self.settings = settings
         self.windows = windows
         self.client = client

@@ -12,7 +12,7 @@ The Cluster rule: every transaction and multi-key command touches keys of one ha
   shard's event stream and its dead letters. So one window's commit (state + events + done marker +
   XACK) is one MULTI in one slot, and shards spread over the Cluster's nodes.
 - The all-cameras event feed is the union of the shards' event streams; a reader follows every
-  shard with a cursor that holds one stream id per shard (`engine.feed.EventFeed`). A camera's
+  shard with a cursor that holds one stream id per shard (`engine.contracts.feed.EventFeed`). A camera's
   events are the entries of its shard's stream whose `camera` field is that camera.
 - Global single-key objects (the query hash, the camera set, the layout record, heartbeats) have no
   tag; no command combines them with another key.

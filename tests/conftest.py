@@ -127,7 +127,7 @@ def rtsp_server():
 @pytest.fixture(scope="session")
 def h264_file(tmp_path_factory):
     """A real H.264 MP4: 6 s at 25 fps, 320x240, of a synthetic scene."""
-    from engine.data.synthetic import h264_roundtrip  # noqa: F401  (same encoder settings)
+    from engine.training.data.synthetic import h264_roundtrip  # noqa: F401  (same encoder settings)
     from tests.media import write_h264
 
     path = tmp_path_factory.mktemp("media") / "clip.mp4"

@@ -104,7 +104,7 @@ class Chain:
             a = self.map_ports(interpolate(str(a), ENV))
             out.append(mounts.get(a, a))
         if out[0] == "spacevllm":
-            out = [sys.executable, "-m", "engine.cli", *out[1:]]
+            out = [sys.executable, "-m", "engine.app.cli", *out[1:]]
         elif out[0] == "python":
             out = [sys.executable, *out[1:]]
         return out

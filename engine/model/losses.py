@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engine.boxes import cxcywh_to_xyxy, giou_xyxy
+from engine.model.boxes import cxcywh_to_xyxy, giou_xyxy
 from engine.model.config import LossConfig
 from engine.model.projector import token_centres
 

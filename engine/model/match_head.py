@@ -20,7 +20,7 @@ Each word of the question asks its own question of the appearance, the colour an
 a linear map of its embedding in the LLM's table plus a row of the head's own word table (the tiny LLM's
 embeddings of "left" and "right" are too alike for a linear map to tell them apart); a soft minimum over the words requires all of them to agree (a near miss changes one word),
 and the scores add their say. The head is small and trained on frozen model outputs
-(`engine.match_training`); it runs only when `config.score` is `match_head`.
+(`engine.training.match_training`); it runs only when `config.score` is `match_head`.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 
 from api.auth import Identity, Scope, TokenStore, digest
 from api.server import ApiServer
-from engine.settings import ApiSettings
+from engine.contracts.settings import ApiSettings
 from stream.keys import Keys
 
 TOKENS = {"read": "tok-read-0123456789", "write": "tok-write-0123456789", "admin": "tok-admin-0123456789"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from engine.events import Box, EventType, GroundingEvent
+from engine.contracts.events import Box, EventType, GroundingEvent
 
 
 def make_event(n: int, camera: str = "cam1", query: str = "q1", type_: str = "new", event_id: str | None = None) -> GroundingEvent:
@@ -14,7 +14,7 @@ def make_event(n: int, camera: str = "cam1", query: str = "q1", type_: str = "ne
 
 def write_event(client, keys, e: GroundingEvent) -> None:
     """XADD to the camera's shard stream and SET the event record (the write time), as the engine's event store
-    (engine/event_store.py `_append`) writes them. `client` may be a pipeline."""
+    (engine/serving/event_store.py `_append`) writes them. `client` may be a pipeline."""
     shard = keys.shard_of(e.camera_id)
     client.xadd(keys.events(shard), {"event": e.to_json(), "camera": e.camera_id, "query": e.query_id,
                                      "type": e.type.value, "event_id": e.event_id})

@@ -10,7 +10,7 @@ import pytest
 
 from api.auth import Scope, TokenStore, add_token, digest
 from api.server import ApiServer, ExposureError, check_exposure
-from engine.settings import ApiSettings
+from engine.contracts.settings import ApiSettings
 from tests.api.conftest import KEYS, TOKENS, auth, start_api
 
 CAMERA = {"id": "cam9", "url": "synthetic://demo?fps=5"}

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.service import DEMO_QUERIES, run_up
-from engine.settings import ServiceConfig
+from engine.app.service import DEMO_QUERIES, run_up
+from engine.contracts.settings import ServiceConfig
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

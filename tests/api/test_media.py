@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from engine.media import MediaWorker
-from engine.media_store import MediaStore
-from engine.settings import MediaSettings
+from engine.media.worker import MediaWorker
+from engine.media.store import MediaStore
+from engine.contracts.settings import MediaSettings
 from tests.api.conftest import RunningApi, start_api
-from tests.engine import test_media as m
+from tests.engine.media import test_media as m
 
 
 @pytest.fixture

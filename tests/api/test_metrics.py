@@ -10,7 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import METRICS
-from engine.telemetry import EngineTelemetry, RedisCounters, field_name
+from engine.contracts.telemetry import EngineTelemetry, RedisCounters, field_name
 from stream.health import CameraHealth, CameraState
 from tests.api.conftest import KEYS
 from tests.api.events_helpers import make_event

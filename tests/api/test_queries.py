@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.queries import QueryRegistry
+from engine.contracts.queries import QueryRegistry
 from tests.api.conftest import KEYS
 
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from api.webhooks import WebhookDispatcher
-from engine.queries import QueryRegistry, validate_query
-from engine.settings import ApiSettings
-from engine.telemetry import RedisCounters
+from engine.contracts.queries import QueryRegistry, validate_query
+from engine.contracts.settings import ApiSettings
+from engine.contracts.telemetry import RedisCounters
 from tests.api.conftest import KEYS
 from tests.api.events_helpers import make_event, write_event
 

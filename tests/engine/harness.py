@@ -5,15 +5,15 @@ import time
 
 import redis
 
-from engine.event_store import EventStore
-from engine.events import Box, EventType, GroundingEvent
-from engine.feed import Cursor, EventFeed
-from engine.grounder import WindowGrounder
+from engine.serving.event_store import EventStore
+from engine.contracts.events import Box, EventType, GroundingEvent
+from engine.contracts.feed import Cursor, EventFeed
+from engine.serving.grounder import WindowGrounder
 from engine.model.checkpoint import load_model
-from engine.queries import QueryRegistry, validate_query
-from engine.runtime import TorchBackend
-from engine.settings import EngineSettings
-from engine.worker import EngineWorker
+from engine.contracts.queries import QueryRegistry, validate_query
+from engine.serving.runtime import TorchBackend
+from engine.contracts.settings import EngineSettings
+from engine.serving.worker import EngineWorker
 from stream.config import CameraSettings, WindowSettings
 from stream.ingest import IngestService
 from stream.keys import Keys

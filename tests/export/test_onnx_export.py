@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.model.checkpoint import save_model
-from engine.runtime import TorchBackend, build_backend
-from engine.runtime.ort import OrtBackend, choose_providers
+from engine.serving.runtime import TorchBackend, build_backend
+from engine.serving.runtime.ort import OrtBackend, choose_providers
 from export.onnx_export import ManifestError, export_onnx, parity, validate_manifest
 
 
@@ -161,7 +161,7 @@ def test_tensorrt_engines_build_and_match_pytorch(exported, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     from engine.model.checkpoint import load_model
-    from engine.runtime.trt import TensorRTBackend
+    from engine.serving.runtime.trt import TensorRTBackend
     from export.tensorrt import build_engines
 
     model_dir, onnx_dir = exported

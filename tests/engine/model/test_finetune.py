@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from engine.data.collate import collate
-from engine.data.synthetic import make_sample
+from engine.training.data.collate import collate
+from engine.training.data.synthetic import make_sample
 from engine.model.checkpoint import load_model
 from engine.model.finetune import FinetuneSettings, load_for_training, save_finetuned
 from engine.model.lora import LoraSettings

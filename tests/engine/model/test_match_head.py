@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.match_training import MatchTrainSettings, fit, threshold_for_recall
+from engine.training.match_training import MatchTrainSettings, fit, threshold_for_recall
 from engine.model.checkpoint import CheckpointError, load_model, save_model
 from engine.model.config import ScoreMode
 from engine.model.match_head import (COLOUR_FEATURES, SCORE_FEATURES, TRAJECTORY_FEATURES, box_masks, colour_grid,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data.collate import collate
-from engine.data.synthetic import Sample
+from engine.training.data.collate import collate
+from engine.training.data.synthetic import Sample
 from engine.model.config import PromptOrder, ScoreMode
 from engine.model.interleave import splice
 from engine.model.losses import SpaceVLLMCriterion

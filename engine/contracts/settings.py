@@ -1,0 +1,153 @@
+"""Service settings: one YAML file, validated by pydantic with `extra="forbid"` (a typo fails at
+load with the key's path). Secrets (REDIS_URL) come from the environment at load time only."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from engine.contracts.queries import QuerySpec
+from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict, WindowSettings
+
+DEFAULT_MODEL_DIR = str(Path(__file__).resolve().parents[2] / "models" / "tiny")
+
+
+def default_data_dir() -> str:
+    """Where the service keeps its state (the embedded Redis's AOF, generated secrets): $SVL_DATA_DIR, else
+    $XDG_DATA_HOME/spacevllm, else ~/.local/share/spacevllm."""
+    if os.environ.get("SVL_DATA_DIR"):
+        return os.environ["SVL_DATA_DIR"]
+    return str(Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "spacevllm")
+
+
+class EngineSettings(Strict):
+    model: str = DEFAULT_MODEL_DIR
+    # auto: onnxruntime when installed (faster on a CPU, bench/backends.py), else torch
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    onnx_dir: str | None = None  # onnxruntime: exported graphs (None: exported once per checkpoint into <data_dir>/onnx)
+    engine_dir: str | None = None  # tensorrt: serialized engines + manifest
+    group: str = "engines"
+    claim_idle_ms: int = Field(30_000, ge=100)  # entries pending longer than this are claimed from dead workers
+    block_ms: int = Field(1000, ge=10)
+    cache_frames: int = Field(2048, ge=16)
+    max_deliveries: int = Field(3, ge=1, le=100)  # a window that fails this many times goes to the dead letters
+    retry_backoff_s: float = Field(1.0, gt=0)  # first retry of a failed window (doubles, jittered)
+    events_retention_s: float = Field(7 * 86400, gt=0)  # events (and open-event state) older than this are trimmed
+    events_maxlen: int = Field(5000, ge=10)  # and at most this many entries per shard's event stream
+    heartbeat_s: float = Field(2.0, gt=0)
+    threads: int = Field(0, ge=0)  # torch threads; 0: default
+    batch_windows: int = Field(8, ge=1, le=256)  # windows read together are grounded as one batch (up to this many)
+    # live windows whose last frame is older than this are skipped (0: never); see engine/serving/worker.py "Admission"
+    max_window_lag_s: float = Field(10.0, ge=0)
+    # where the model runs (engine/model/placement.py): auto = the first CUDA device when torch sees one, else the CPU.
+    # The model, the frame-feature cache, the KV cache and every inference tensor live there, in `dtype`.
+    device: str = "auto"
+    # float32 | bfloat16 | float16 (float16 on CUDA only: refused on a CPU). The tiny model on cpu + float32 is as shipped
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v):  # engine.model.placement.DEVICE_PATTERN (no torch import here)
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N (e.g. cuda:1), got {v!r}")
+        return v
+
+
+class ApiSettings(Strict):
+    """The HTTP API (`spacevllm serve`; `up` starts it too). Tokens: `tokens_file` (hashed, see api/auth.py) and
+    the SVL_API_TOKEN environment variable (an admin token)."""
+
+    host: str = "127.0.0.1"  # anything but loopback refuses to start without tokens
+    port: int = Field(8080, ge=0, le=65535)  # 0: a free port (tests)
+    enabled: bool = True  # `up` starts the API
+    public_read: bool = False  # reads (GET, SSE, /metrics) without a token
+    tokens_file: str | None = None  # None: <data_dir>/api-tokens.json when it exists
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    max_streams: int = Field(64, ge=1)  # concurrent SSE clients (each holds one blocking Redis read)
+    webhooks: bool = True  # this API process delivers webhooks (one at a time per deployment: a Redis lock)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_s: float = Field(0.5, gt=0)  # doubled per attempt, capped at 30 s
+
+
+class MediaSettings(Strict):
+    """Event media (the media worker, `spacevllm media`; `up` starts it too): a snapshot per event and a clip when it
+    ends, rendered from the preview frames (windows.preview_size) into files under `dir`."""
+
+    enabled: bool = True  # `up` starts the media worker
+    dir: str | None = None  # None: <data_dir>/media (the API serves from the same directory)
+    pre_s: float = Field(2.0, ge=0, le=60)  # clip padding before the event's start
+    post_s: float = Field(2.0, ge=0, le=60)  # and after its end (the clip waits until those frames exist)
+    retention_s: float = Field(7 * 86400, gt=0)  # media older than this is deleted
+    max_bytes: int = Field(2 * 1024**3, ge=1024**2)  # and the oldest go first beyond this total size
+    snapshot_quality: int = Field(85, ge=1, le=95)
+    clip_crf: int = Field(28, ge=0, le=51)  # libx264 constant rate factor (higher: smaller files)
+    block_ms: int = Field(1000, ge=10)
+    heartbeat_s: float = Field(2.0, gt=0)
+
+
+class ServiceConfig(Strict):
+    data_dir: str | None = None  # None: $SVL_DATA_DIR, else ~/.local/share/spacevllm (see default_data_dir)
+    redis: RedisSettings = RedisSettings()
+    windows: WindowSettings = WindowSettings()
+    ingest: IngestSettings = IngestSettings()
+    cameras: list[CameraSettings] = []
+    engine: EngineSettings = EngineSettings()
+    queries: list[QuerySpec] = []  # the one query schema (engine/contracts/queries.py), seeded by up, engine and ingest
+    api: ApiSettings = ApiSettings()
+    media: MediaSettings = MediaSettings()
+
+    def media_dir(self) -> Path:
+        return Path(self.media.dir) if self.media.dir else Path(self.data_dir or default_data_dir()) / "media"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_service_config(path: str | Path | None) -> ServiceConfig:
+    """Read and validate a service config; REDIS_URL in the environment overrides `redis.url`."""
+    data = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{p}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    try:
+        cfg = ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path or 'defaults'}: invalid config\n  " + "\n  ".join(lines)) from None
+    overrides = {}
+    if os.environ.get("REDIS_URL"):
+        overrides["url"] = os.environ["REDIS_URL"]
+    cluster = os.environ.get("REDIS_CLUSTER")
+    if cluster is not None and cluster != "":
+        if cluster not in ("0", "1", "true", "false"):
+            raise ConfigError(f"REDIS_CLUSTER must be 1 or 0, got {cluster!r}")
+        overrides["cluster"] = cluster in ("1", "true")
+    if overrides:
+        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update=overrides)})
+    backend = os.environ.get("SVL_ENGINE_BACKEND")
+    if backend:
+        if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
+            raise ConfigError(f"SVL_ENGINE_BACKEND must be auto, torch, onnxruntime or tensorrt, got {backend!r}")
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"backend": backend})})
+    if cfg.engine.device == "cpu" and cfg.engine.dtype == "float16":
+        raise ConfigError(f"{path or 'defaults'}: engine.dtype float16 needs a CUDA device (engine.device is cpu): "
+                          "use bfloat16 or float32 on a CPU")
+    if cfg.redis.cluster and not cfg.redis.url:
+        raise ConfigError(f"{path or 'defaults'}: redis.cluster needs redis.url (a node of the Cluster); the embedded Redis is standalone")
+    if cfg.data_dir is None:
+        cfg = cfg.model_copy(update={"data_dir": default_data_dir()})
+    ids = [c.id for c in cfg.cameras]
+    if len(ids) != len(set(ids)):
+        raise ConfigError(f"{path}: camera ids must be unique, got {ids}")
+    return cfg

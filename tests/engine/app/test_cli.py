@@ -1,0 +1,59 @@
+"""Operator commands against a real Redis: query add --replace, cameras ls, event lines with the event's time."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from engine.app.cli import main
+from engine.contracts.queries import QueryRegistry
+from engine.app.service import format_event
+from stream.cameras import CameraRegistry
+from stream.config import CameraSettings
+from stream.health import CameraHealth, CameraState
+from stream.keys import Keys
+from tests.api.events_helpers import make_event
+
+KEYS = Keys()
+
+
+def run(redis_url, *args):
+    return CliRunner().invoke(main, [*args, "--redis-url", redis_url], catch_exceptions=False)
+
+
+def test_query_add_when_id_exists_then_refused_unless_replace(redis_client, redis_url):
+    assert run(redis_url, "query", "add", "the red circle", "--id", "q1").exit_code == 0
+    r = run(redis_url, "query", "add", "the blue square", "--id", "q1")
+    assert r.exit_code != 0 and "exists (--replace replaces it)" in r.output
+    assert QueryRegistry(redis_client, KEYS).get("q1").text == "the red circle"
+    r = run(redis_url, "query", "add", "the blue square", "--id", "q1", "--replace", "--webhook", "http://127.0.0.1:9/h=k3y")
+    assert r.exit_code == 0
+    q = QueryRegistry(redis_client, KEYS).get("q1")
+    assert q.text == "the blue square" and q.webhooks[0].url == "http://127.0.0.1:9/h" and q.webhooks[0].secret == "k3y"
+
+
+def test_query_add_when_invalid_then_the_field_is_named(redis_url):
+    r = run(redis_url, "query", "add", "x", "--threshold", "2")
+    assert r.exit_code != 0 and "threshold: must be in [0, 1.0]" in r.output
+
+
+def test_cameras_ls_when_registered_and_running_then_health_and_redacted_url(redis_client, redis_url):
+    CameraRegistry(redis_client, KEYS).add(CameraSettings(id="door", url="rtsp://u:pw123@10.0.0.5/s"))
+    h = CameraHealth("door").moved(CameraState.RUNNING, fps=9.9, frames_decoded=50, frames_dropped=2, reconnects=1)
+    redis_client.hset(KEYS.health("door"), mapping=h.to_dict())
+    r = run(redis_url, "cameras", "ls")
+    assert r.exit_code == 0
+    line = r.output.splitlines()[1].split("\t")
+    assert line[:6] == ["door", "running", "9.9", "50", "2", "1"] and line[6] == "rtsp://u:***@10.0.0.5/s"
+    assert "pw123" not in r.output
+
+
+def test_cameras_add_and_rm_when_called_then_registry_changes(redis_client, redis_url):
+    assert run(redis_url, "cameras", "add", "c1", "synthetic://demo").exit_code == 0
+    assert run(redis_url, "cameras", "add", "c1", "synthetic://demo").exit_code != 0
+    assert [c.id for c in CameraRegistry(redis_client, KEYS).all()] == ["c1"]
+    assert run(redis_url, "cameras", "rm", "c1").exit_code == 0
+    assert CameraRegistry(redis_client, KEYS).all() == []
+
+
+def test_format_event_when_old_event_then_line_starts_with_its_time():
+    e = make_event(0)  # span 1700000000.0 - 1700000001.0
+    assert format_event(e).startswith("2023-11-14 22:13:21.0 NEW ")

@@ -1,0 +1,102 @@
+"""`up`'s process supervisor: roles in their own processes, stopped on request, in order, and never left behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from engine.app.supervisor import Supervisor
+
+
+def sleeper_role(control, marker: str) -> None:
+    """A role that records its pid and thread budget, then waits to be stopped (or finished)."""
+    Path(marker).write_text(f"{os.getpid()} {control.threads} {os.environ.get('OMP_NUM_THREADS')}")
+    while not control.stop.wait(0.05):
+        if control.finish.is_set():
+            Path(marker + ".finished").write_text("1")
+            return
+
+
+def _wait_for(path: Path, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z":
+            return True  # a zombie: ended, not yet reaped
+        time.sleep(0.05)
+    return False
+
+
+def test_stop_when_a_role_runs_ends_its_process_with_its_thread_budget_applied(tmp_path):
+    roles = Supervisor()
+    try:
+        # given a role started with a budget of 1 thread, and one that is asked to finish
+        roles.start("a", sleeper_role, (str(tmp_path / "a"),), threads=1)
+        roles.start("b", sleeper_role, (str(tmp_path / "b"),))
+        pid, threads, omp = _wait_for(tmp_path / "a").split()
+        _wait_for(tmp_path / "b")
+        assert (threads, omp) == ("1", "1") and int(pid) != os.getpid()
+        # when one is stopped and the other finished
+        roles.stop("a", timeout_s=10)
+        assert roles.finish("b", timeout_s=10)
+        # then both processes have ended, the finished one through its finish path
+        assert not roles.alive("a") and not roles.alive("b") and (tmp_path / "b.finished").exists()
+        assert roles.exitcode("a") == 0
+    finally:
+        roles.close()
+
+
+def test_roles_when_the_parent_is_killed_stop_by_themselves(tmp_path):
+    # given a parent process (like `up`) running a role
+    marker = tmp_path / "child"
+    script = textwrap.dedent(f"""
+        import time
+        from engine.app.supervisor import Supervisor
+        from tests.engine.app.test_supervisor import sleeper_role
+        roles = Supervisor()
+        roles.start("child", sleeper_role, ({str(marker)!r},))
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[3])
+    try:
+        child = int(_wait_for(marker).split()[0])
+        # when the parent is SIGKILLed (no chance to stop anything)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        # then the role notices and ends
+        assert _gone(child), "the role outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_start_when_ctrl_c_reaches_the_process_group_leaves_the_roles_to_the_parent(tmp_path):
+    roles = Supervisor()
+    try:
+        roles.start("a", sleeper_role, (str(tmp_path / "a"),))
+        pid = int(_wait_for(tmp_path / "a").split()[0])
+        # when the role gets SIGINT (a terminal's Ctrl-C goes to the whole group)
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        # then it keeps running until the parent stops it, in its own order
+        assert roles.alive("a")
+        roles.stop("a", timeout_s=10)
+        assert not roles.alive("a")
+    finally:
+        roles.close()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.contracts.queries import QueryError, QueryRegistry, validate_query
+from stream.keys import Keys
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({}, "text: required"),
+        ({"text": ""}, "text: must be 1-256 characters"),
+        ({"text": "   "}, "text: must be 1-256 characters"),
+        ({"text": "x" * 257}, "text: must be 1-256 characters"),
+        ({"text": "the red\x00 circle"}, "control characters"),
+        ({"text": "the red\ncircle"}, "control characters"),
+        ({"text": "ok", "id": "has space"}, "invalid query id"),
+        ({"text": "ok", "id": "x" * 65}, "invalid query id"),
+        ({"text": "ok", "cameras": ["cam/1"]}, "cameras: invalid camera id"),
+        ({"text": "ok", "cameras": []}, "cameras: a non-empty list"),
+        ({"text": "ok", "threshold": 1.5}, "threshold: must be in"),
+        ({"text": "ok", "threshold": -0.1}, "threshold: must be in"),
+        ({"text": "ok", "threshold": "high"}, "threshold: must be a number"),
+        ({"text": "ok", "threshold": float("nan")}, "threshold: must be a number"),
+        ({"text": "ok", "cooldown_s": -1}, "cooldown_s: must be >= 0"),
+        ({"text": "ok", "min_duration_s": -1}, "min_duration_s: must be >= 0"),
+        ({"text": "ok", "colour": "red"}, "colour: unknown field"),
+    ],
+)
+def test_validate_query_rejects_with_a_clear_message(data, message):
+    with pytest.raises(QueryError, match=message):
+        validate_query(data)
+
+
+def test_validate_query_trims_and_fills_defaults():
+    q = validate_query({"text": "  the red   circle ", "id": "q1"}, now=5.0)
+    assert (q.text, q.cameras, q.threshold, q.created_at) == ("the red circle", ("*",), None, 5.0)
+    assert q.applies_to("anything")
+    assert validate_query({"text": "x", "cameras": "c1"}).applies_to("c1") and not validate_query({"text": "x", "cameras": "c1"}).applies_to("c2")
+
+
+def test_registry_add_list_remove_and_announce(redis_client):
+    reg = QueryRegistry(redis_client, Keys())
+    sub = redis_client.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(Keys().queries_changed())
+    sub.get_message(timeout=1)
+    reg.add(validate_query({"text": "the red circle", "id": "q1"}))
+    msg = sub.get_message(timeout=2)
+    assert json.loads(msg["data"]) == {"op": "add", "id": "q1"}
+    assert [q.id for q in reg.all()] == ["q1"]
+    assert reg.remove("q1") and not reg.remove("q1")
+    assert reg.all() == []
+    sub.close()
+
+
+def test_registry_skips_a_malformed_stored_query(redis_client):
+    redis_client.hset(Keys().queries(), "bad", "{not json")
+    assert QueryRegistry(redis_client, Keys()).all() == []
+
+
+def test_registry_needs_a_client():
+    with pytest.raises(TypeError):
+        QueryRegistry(None, Keys())
