@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from api.context import READ, ApiContext, ctx
-from engine.contracts.feed import Cursor, CursorError, EventFilter
+from engine.contracts.feed import Cursor, CursorError, EventFilter, FeedFollower
 from stream.keys import ID_PATTERN
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -75,13 +75,15 @@ async def stream_events(request: Request,
     flt = _filter(camera, query, type, None, None)
     block_ms = int(min(1.0, c.settings.sse_heartbeat_s) * 1000)
 
+    follower = FeedFollower(c.feed, start=cursor, flt=flt, count=100)  # the client keeps the position (Last-Event-ID)
+
     async def messages():
-        nonlocal cursor
         yield "retry: 2000\n: connected\n\n"
         last_beat = time.monotonic()
         async with limiter:
             while not await request.is_disconnected():
-                entries, cursor = await anyio.to_thread.run_sync(c.feed.read, cursor, 100, block_ms, flt)
+                entries = await anyio.to_thread.run_sync(follower.read, block_ms)
+                follower.commit()
                 for e in entries:
                     yield f"id: {e.cursor}\ndata: {e.event.to_json()}\n\n"
                 if entries:

@@ -11,7 +11,7 @@ A request: `POST <url>`, body = the event JSON (schema v1), headers
   X-SVL-Event-Id, X-SVL-Event-Type, X-SVL-Delivery, X-SVL-Timestamp (Unix seconds),
   X-SVL-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>.
 2xx is success; connection errors, timeouts, 408, 429 and 5xx are retried with exponential backoff
-(`api.webhook_backoff_s` doubled per attempt, capped at 30 s) up to `api.webhook_max_attempts`;
+(`api.webhook_backoff_s` doubled per attempt, jittered, capped at 30 s) up to `api.webhook_max_attempts`;
 other 4xx are not retried. A delivery given up on goes to `Keys.webhook_dead` (a capped stream) and
 `svl_webhook_deliveries_total{result="gave_up"}`. Sinks of one event are delivered concurrently;
 events are delivered in feed order (a failing sink delays later events by its retries, at most
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import threading
 import time
 import urllib.error
@@ -31,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from engine.contracts.feed import EventFeed, FeedEntry
+from engine.contracts.feed import EventFeed, FeedEntry, FeedFollower
 from engine.contracts.queries import QueryRegistry, StandingQuery, Webhook
 from engine.contracts.settings import ApiSettings
 from engine.contracts.telemetry import RedisCounters, field_name
 from stream.keys import Keys
-from stream.redis_link import RedisLink
+from stream.redis_link import backoff_delay
+from stream.role import Heartbeat, RoleLoop, require_client
 from stream.urls import url_origin
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,12 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 class WebhookDispatcher:
     def __init__(self, client: redis.Redis, keys: Keys, settings: ApiSettings | None = None,
                  stop: threading.Event | None = None) -> None:
-        if client is None:
-            raise TypeError("WebhookDispatcher needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "WebhookDispatcher")
         self.keys = keys
         self.settings = settings or ApiSettings()
         self.stop_event = stop or threading.Event()
-        self.feed = EventFeed(client, keys)
+        # from now on at the first start, not the whole history; then exactly from where delivery stopped
+        self.follower = FeedFollower(EventFeed(client, keys), keys.webhook_cursor(), store_start=True, count=50)
         self.registry = QueryRegistry(client, keys)
         self.counters = RedisCounters(client, keys.telemetry("webhooks"))
         self.owner = uuid.uuid4().hex
@@ -70,6 +71,7 @@ class WebhookDispatcher:
         self._queries_at = 0.0
         self._holding = False
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhook")
+        self._rng = random.Random()
 
     # ---- leadership --------------------------------------------------------------------
     def _hold_lock(self) -> bool:
@@ -82,20 +84,19 @@ class WebhookDispatcher:
 
     # ---- the loop ----------------------------------------------------------------------
     def run(self, block_ms: int = 1000) -> None:
-        link = RedisLink("webhook dispatcher")
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    if not self._hold_lock():
-                        self.stop_event.wait(LOCK_TTL_MS / 3000)
-                        continue
-                    self.step(block_ms)
-                    link.ok()
-                except redis.RedisError as exc:
-                    self._holding = False
-                    self.stop_event.wait(link.failed(exc))
-        finally:
-            self.teardown()
+        beats = Heartbeat(self.client, self.keys, "webhooks", self.owner[:12], 2.0)
+        RoleLoop("webhook dispatcher", self.stop_event, beats).run(
+            lambda: self._turn(block_ms), stats=lambda: {"delivering": self._holding}, teardown=self.teardown,
+            on_outage=self._lost_redis)
+
+    def _turn(self, block_ms: int) -> bool:
+        if not self._hold_lock():
+            self.stop_event.wait(LOCK_TTL_MS / 3000)
+            return False
+        return self.step(block_ms) > 0
+
+    def _lost_redis(self) -> None:
+        self._holding = False
 
     def teardown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -106,14 +107,6 @@ class WebhookDispatcher:
             except redis.RedisError:
                 pass
 
-    def _cursor(self):
-        raw = self.client.get(self.keys.webhook_cursor())
-        if raw:
-            return self.feed.parse_since(raw.decode() if isinstance(raw, bytes) else raw)
-        cursor = self.feed.end_cursor()  # first start: from now on, not the whole history
-        self.client.set(self.keys.webhook_cursor(), cursor.encode())
-        return cursor
-
     def _refresh_queries(self) -> None:
         if time.monotonic() - self._queries_at >= 1.0:
             self._queries.update({q.id: q for q in self.registry.all()})
@@ -121,7 +114,7 @@ class WebhookDispatcher:
 
     def step(self, block_ms: int = 1000) -> int:
         """Deliver what the feed holds after the stored cursor (waiting up to `block_ms`); returns messages handled."""
-        entries, cursor = self.feed.read(self._cursor(), count=50, block_ms=block_ms)
+        entries = self.follower.read(block_ms)
         if entries:
             self._queries_at = 0.0  # a query may have been added just before its first event
         for entry in entries:
@@ -133,9 +126,9 @@ class WebhookDispatcher:
                 list(self._pool.map(lambda w: self.deliver(w, entry, q), q.webhooks))
                 if self.stop_event.is_set():  # retries interrupted: keep the cursor before this event
                     return 0
-            self.client.set(self.keys.webhook_cursor(), entry.cursor)
+            self.follower.commit(entry)
         if not entries:
-            self.client.set(self.keys.webhook_cursor(), cursor.encode())
+            self.follower.commit()
         return len(entries)
 
     # ---- one delivery ------------------------------------------------------------------
@@ -144,7 +137,7 @@ class WebhookDispatcher:
         error = ""
         for attempt in range(self.settings.webhook_max_attempts):
             if attempt:
-                self.stop_event.wait(min(30.0, self.settings.webhook_backoff_s * 2 ** (attempt - 1)))
+                self.stop_event.wait(backoff_delay(attempt - 1, self.settings.webhook_backoff_s, 30.0, self._rng))
                 if self.stop_event.is_set():
                     return False  # the cursor stays before this event: delivered again after restart
             ts = str(int(time.time()))

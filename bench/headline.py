@@ -87,9 +87,9 @@ def sample(client, keys: Keys, cameras: list[str]) -> dict:
         dropped += int(h.get("frames_dropped", 0))
     beats = [json.loads(client.get(k)) for k in client.scan_iter(match=keys.heartbeat("engine", "*")) if client.get(k)]
     b = beats[0] if beats else {}
-    handled = sum(int(b.get(k, 0)) for k in ("processed", "skipped", "superseded", "stale"))
+    handled = sum(int(b.get(k, 0)) for k in ("processed", "frames_gone", "superseded", "stale"))
     return {"t": time.monotonic(), "produced": produced, "decoded": decoded, "dropped": dropped, "processed": int(b.get("processed", 0)),
-            "skipped_admission": int(b.get("superseded", 0)) + int(b.get("stale", 0)), "skipped_missing": int(b.get("skipped", 0)),
+            "skipped_admission": int(b.get("superseded", 0)) + int(b.get("stale", 0)), "skipped_missing": int(b.get("frames_gone", 0)),
             "handled": handled, "backlog": produced - handled, "buckets": b.get("latency_buckets"),
             "max_s": float(b.get("latency_max_30s", 0.0)), "batches": int(b.get("batches", 0))}
 

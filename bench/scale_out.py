@@ -62,7 +62,7 @@ def drain(url: str, cluster: bool, prefix: str, workers: int, total: int, tmp: P
     def processed() -> tuple[int, int]:
         beats = [client.get(keys.heartbeat("engine", f"w{i}")) for i in range(workers)]
         alive = [json.loads(b) for b in beats if b]
-        return len(alive), sum(b["processed"] + b["skipped"] for b in alive)
+        return len(alive), sum(b["processed"] + b["frames_gone"] for b in alive)
 
     try:
         while processed()[0] < workers:

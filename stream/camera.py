@@ -203,7 +203,7 @@ class CameraWorker(threading.Thread):
         try:
             pipe = self.client.pipeline(transaction=False)
             self.store.put_frame(self.settings.id, ts_ms, data, pipeline=pipe)
-            if self.windows.preview_size:  # issue 13: the preview JPEG of the same frame, beside it (scaled from YUV)
+            if self.windows.preview_size:  # the preview JPEG of the same frame, beside it (scaled from YUV)
                 jpeg = preview_jpeg(raw.preview(self.windows.preview_size), self.windows.preview_size, self.windows.preview_quality)
                 self.store.put_preview(self.settings.id, ts_ms, jpeg, pipeline=pipe)
             for spec in specs:

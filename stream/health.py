@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from stream.redis_link import text_fields
+
 
 class CameraState(str, Enum):
     CONNECTING = "connecting"
@@ -54,7 +56,7 @@ class CameraHealth:
 
     @classmethod
     def from_dict(cls, camera_id: str, d: dict) -> "CameraHealth":
-        d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in d.items()}
+        d = text_fields(d)
         return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
                    int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
                    d.get("last_error", ""), float(d["updated_at"]), int(d.get("frames_dropped_redis", 0)),

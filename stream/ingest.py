@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from stream.camera import CameraWorker
 from stream.cameras import CameraRegistry
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
-from stream.redis_link import RedisLink
+from stream.role import Heartbeat, RoleLoop, install_stop_signals, require_client
 from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -34,21 +33,20 @@ class IngestService:
     def __init__(self, client: redis.Redis, keys: Keys, cameras: list[CameraSettings], windows: WindowSettings,
                  settings: IngestSettings | None = None, stop: threading.Event | None = None,
                  registry: CameraRegistry | None = None, reload_s: float = 5.0) -> None:
-        if client is None:
-            raise TypeError("IngestService needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "IngestService")
         self.keys = keys
         self.windows = windows
         self.settings = settings or IngestSettings()
         self.stop_event = stop or threading.Event()
         self.worker_id = f"{socket.gethostname()}-{threading.get_native_id()}"
-        self.link = RedisLink("ingest heartbeat")
+        self.beats = Heartbeat(client, keys, "ingest", self.worker_id, self.settings.heartbeat_s)
         self.registry = registry
         self.reload_s = reload_s
         self._seed = list(cameras)
         self._running: dict[str, tuple[CameraSettings, CameraWorker, threading.Event]] = {}
         self._pubsub = None
         self._last_reload = 0.0
+        self._seeded = not cameras  # the cameras passed in are written to the registry once
         if registry is None:
             for c in cameras:
                 self._start_camera(c)
@@ -110,55 +108,43 @@ class IngestService:
         return changed
 
     def _follow_registry(self) -> None:
-        try:
-            if self._changes_announced() or time.monotonic() - self._last_reload >= self.reload_s:
-                self.sync()
-        except redis.RedisError as exc:
-            log.warning("ingest: cannot read the camera registry: %s", exc)
-            self._pubsub = None
+        """A Redis error propagates to the role's loop: logged once per outage, retried with backoff."""
+        if self._changes_announced() or time.monotonic() - self._last_reload >= self.reload_s:
+            self.sync()
 
     # ---- the loop -----------------------------------------------------------------------
     def start(self) -> None:
-        if self.registry is not None:
-            if self._seed:
-                self.registry.seed(self._seed)
-            self._follow_registry()
-            return
-        for w in self.workers:
-            w.start()
+        """Without a registry, start the fixed cameras; with one, the loop's first step seeds and follows it."""
+        if self.registry is None:
+            for w in self.workers:
+                w.start()
 
-    def heartbeat(self) -> None:
-        try:
-            alive = sum(w.is_alive() for w in self.workers)
-            self.client.set(self.keys.heartbeat("ingest", self.worker_id), f"{time.time():.3f} cameras={alive}",
-                            ex=int(self.settings.heartbeat_s * 3) + 1)
-            self.link.ok()
-        except redis.RedisError as exc:
-            self.link.failed(exc)
+    def stats(self) -> dict:
+        return {"cameras": sum(w.is_alive() for w in self.workers)}
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> None:
-        """Run until SIGTERM/SIGINT (or `max_seconds`, or, without a registry, every camera ends), then stop cleanly."""
-        if install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop_event.set())
+        """Run until SIGTERM/SIGINT (or `max_seconds`, or, without a registry, every camera ends), then stop cleanly.
+        The cameras run in their own threads; this loop keeps the heartbeat and follows the registry."""
+        if install_signals:
+            install_stop_signals(self.stop_event)
         self.start()
-        started = time.monotonic()
-        last_beat = 0.0
-        try:
-            while not self.stop_event.is_set():
-                if time.monotonic() - last_beat >= self.settings.heartbeat_s:
-                    self.heartbeat()
-                    last_beat = time.monotonic()
-                if self.registry is not None:
-                    self._follow_registry()
-                elif not any(w.is_alive() for w in self.workers):
-                    log.info("every camera has ended")
-                    break
-                if max_seconds is not None and time.monotonic() - started >= max_seconds:
-                    break
-                self.stop_event.wait(0.05)  # notice ended cameras promptly; heartbeat every heartbeat_s
-        finally:
-            self.teardown()
+        RoleLoop("ingest", self.stop_event, self.beats).run(self.step, stats=self.stats, teardown=self.teardown,
+                                                           on_outage=self._lost_redis, max_seconds=max_seconds)
+
+    def step(self) -> bool | str:
+        if self.registry is not None:
+            if not self._seeded:
+                self.registry.seed(self._seed)
+                self._seeded = True
+            self._follow_registry()
+        elif not any(w.is_alive() for w in self.workers):
+            log.info("every camera has ended")
+            return "stop"
+        self.stop_event.wait(0.05)  # notice ended cameras promptly
+        return True
+
+    def _lost_redis(self) -> None:
+        self._pubsub = None
 
     def teardown(self) -> None:
         self.stop_event.set()
@@ -172,8 +158,4 @@ class IngestService:
                 self._pubsub.close()
             except redis.RedisError:
                 pass
-        try:
-            self.client.delete(self.keys.heartbeat("ingest", self.worker_id))
-        except redis.RedisError:
-            pass
         log.info("ingest stopped")

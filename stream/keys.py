@@ -30,6 +30,8 @@ from functools import lru_cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from stream.redis_link import text_fields
+
 DEFAULT_PREFIX = "svl:"
 DEFAULT_SHARDS = 8
 LAYOUT_VERSION = 2
@@ -113,9 +115,6 @@ class Keys:
         """The shard's durable event stream; the all-cameras feed is the union over shards."""
         return f"{self._shard(shard)}:events"
 
-    def events_for(self, camera_id: str) -> str:
-        return self.events(self.shard_of(camera_id))
-
     def event_record(self, shard: int, event_id: str) -> str:
         """When one event's latest version was written (Unix ms), for lookups by id; expires with the event retention."""
         return f"{self._shard(shard)}:evt:{event_id}"
@@ -194,8 +193,7 @@ def check_layout(client, keys: Keys) -> None:
     fields = {"version": str(LAYOUT_VERSION), "shards": str(keys.shards)}
     client.hsetnx(keys.layout(), "version", fields["version"])
     client.hsetnx(keys.layout(), "shards", fields["shards"])
-    stored = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-              for k, v in client.hgetall(keys.layout()).items()}
+    stored = text_fields(client.hgetall(keys.layout()))
     if stored.get("version") != fields["version"] or stored.get("shards") != fields["shards"]:
         raise LayoutMismatch(f"Redis under prefix {keys.prefix!r} uses layout version {stored.get('version')} with "
                              f"{stored.get('shards')} shards; this process is configured for version {LAYOUT_VERSION} with "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +58,14 @@ class RedisLink:
             self.down_since = None
             self.attempt = 0
             self.dropped = 0
+
+
+def text(raw: str | bytes | int | float) -> str:
+    """A Redis reply as text. Roles share one client that returns bytes (frames and previews are binary); this is
+    the one place replies meant as text are decoded."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def text_fields(d: Mapping) -> dict[str, str]:
+    """A hash or stream entry's fields as text."""
+    return {text(k): text(v) for k, v in d.items()}

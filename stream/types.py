@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream.redis_link import text_fields
+
 
 @dataclass(frozen=True)
 class VideoFrame:
@@ -41,7 +43,7 @@ class Window:
 
     @classmethod
     def from_fields(cls, fields: dict) -> "Window":
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+        f = text_fields(fields)
         try:
             return cls(f["camera"], int(f["start_ms"]), int(f["end_ms"]), tuple(int(x) for x in json.loads(f["frames"])),
                        (int(f["frame_w"]), int(f["frame_h"])), int(f["input_size"]), f.get("live", "0") == "1")

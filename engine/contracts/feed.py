@@ -15,13 +15,15 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis
 
 from engine.contracts.events import GroundingEvent
 from stream.keys import Keys
+from stream.redis_link import text
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,6 @@ MAX_SEQ = 18446744073709551615
 
 class CursorError(ValueError):
     """A cursor string that does not fit this deployment's shards."""
-
-
-def _sid(raw) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _key(entry_id: str) -> tuple[int, int]:
@@ -117,7 +115,17 @@ class EventFilter:
                 and (self.until_ts is None or e.start_ts <= self.until_ts))
 
 
-def parse_event(fields: dict) -> GroundingEvent | None:
+def encode_entry(e: GroundingEvent) -> dict[str, str]:
+    """An event as its stream entry: the event JSON, plus the fields readers filter and find it by."""
+    return {"event": e.to_json(), "camera": e.camera_id, "query": e.query_id, "type": e.type.value, "event_id": e.event_id}
+
+
+def entry_event_id(fields: dict) -> str:
+    return text(fields.get(b"event_id") or fields.get("event_id") or "")
+
+
+def decode_entry(fields: dict) -> GroundingEvent | None:
+    """The event of a stream entry; None (logged) for an entry no reader can use."""
     raw = fields.get(b"event") or fields.get("event")
     try:
         return GroundingEvent.from_dict(json.loads(raw))
@@ -128,9 +136,7 @@ def parse_event(fields: dict) -> GroundingEvent | None:
 
 class EventFeed:
     def __init__(self, client: redis.Redis, keys: Keys, cluster: bool | None = None) -> None:
-        if client is None:
-            raise TypeError("EventFeed needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "EventFeed")
         self.keys = keys
         # on Cluster the shards live on different nodes: no multi-stream XREAD
         self.cluster = cluster if cluster is not None else type(client).__name__ == "RedisCluster"
@@ -146,7 +152,7 @@ class EventFeed:
         ids = []
         for s in self.keys.all_shards():
             last = self.client.xrevrange(self.keys.events(s), count=1)
-            ids.append(_sid(last[0][0]) if last else START)
+            ids.append(text(last[0][0]) if last else START)
         return Cursor(tuple(ids))
 
     def parse_since(self, since: str | float | None) -> Cursor:
@@ -185,12 +191,12 @@ class EventFeed:
         else:
             res = self.client.xread(streams, count=count, block=block_ms or None) or []
         by_name = {self.keys.events(s): s for s in shards}
-        merged = sorted(((_key(_sid(i)), by_name[_sid(name)], _sid(i), f) for name, entries in res for i, f in entries),
+        merged = sorted(((_key(text(i)), by_name[text(name)], text(i), f) for name, entries in res for i, f in entries),
                         key=lambda t: (t[0], t[1]))
         out = []
         for _, shard, entry_id, fields in merged:
             cursor = cursor.moved(shard, entry_id)
-            event = parse_event(fields)
+            event = decode_entry(fields)
             if event is not None and (flt is None or flt.matches(event)):
                 out.append(FeedEntry(shard, entry_id, cursor.encode(), event))
         return out, cursor
@@ -221,7 +227,7 @@ class EventFeed:
                 hi = "+" if upper == END else f"({upper}"
                 batch = self.client.xrevrange(self.keys.events(shard), hi, since_id, count=max(limit, 50))
                 for i, f in batch:
-                    upper = _sid(i)
+                    upper = text(i)
                     yield _key(upper), shard, upper, f
                 if len(batch) < max(limit, 50):
                     return
@@ -235,7 +241,7 @@ class EventFeed:
                 exhausted = False
                 break
             cursor = cursor.moved(shard, entry_id)
-            event = parse_event(fields)
+            event = decode_entry(fields)
             if event is not None and (flt is None or flt.matches(event)):
                 out.append(FeedEntry(shard, entry_id, cursor.encode(), event))
         return out, (None if exhausted else cursor)
@@ -249,10 +255,61 @@ class EventFeed:
             raw = self.client.get(self.keys.event_record(s, event_id))
             if raw is None:
                 continue
-            at = int(_sid(raw))
+            at = int(text(raw))
             latest = None
             for _, fields in self.client.xrange(self.keys.events(s), f"{max(0, at - skew_ms)}-0", f"{at + skew_ms}-{MAX_SEQ}"):
-                if _sid(fields.get(b"event_id") or fields.get("event_id") or "") == event_id:
+                if entry_event_id(fields) == event_id:
                     latest = fields
-            return parse_event(latest) if latest is not None else None
+            return decode_entry(latest) if latest is not None else None
         return None
+
+
+class FeedFollower:
+    """One way for a role to follow the feed (media, webhooks, SSE, any new publisher).
+
+    With `cursor_key`, the position lives in Redis: read() starts from the stored cursor (so a restarted or
+    taken-over follower resumes exactly), and `commit()` stores the position after the work on an entry (or a
+    batch) is done: at least once, nothing skipped. Without a key (SSE: the client keeps its position as the
+    `Last-Event-ID`), the position is this object's. `start` gives the first position when none is stored
+    (`store_start`: keep it, so a follower that starts "from now" does not drift while idle)."""
+
+    def __init__(self, feed: EventFeed, cursor_key: str | None = None, start: Cursor | None = None,
+                 start_at: Callable[[EventFeed], Cursor] | None = None, store_start: bool = False,
+                 flt: EventFilter | None = None, count: int = 100) -> None:
+        self.feed = feed
+        self.cursor_key = cursor_key
+        self.start_at = start_at or (lambda f: f.end_cursor())
+        self.store_start = store_start
+        self.flt = flt
+        self.count = count
+        self.cursor: Cursor | None = start
+        self.read_to: Cursor | None = None
+
+    def position(self) -> Cursor:
+        """Where the next read starts: the stored cursor (when kept in Redis), else this follower's own."""
+        if self.cursor_key is not None:
+            raw = self.feed.client.get(self.cursor_key)
+            if raw:
+                try:
+                    return Cursor.decode(text(raw), self.feed.keys.shards)
+                except CursorError as exc:
+                    log.warning("stored feed cursor %s ignored: %s", self.cursor_key, exc)
+        if self.cursor is None:
+            self.cursor = self.start_at(self.feed)
+            if self.cursor_key is not None and self.store_start:
+                self.feed.client.set(self.cursor_key, self.cursor.encode())
+        return self.cursor
+
+    def read(self, block_ms: int = 1000) -> list[FeedEntry]:
+        """The entries after the position (waiting up to `block_ms` for the first); the position moves on commit."""
+        entries, self.read_to = self.feed.read(self.position(), count=self.count, block_ms=block_ms, flt=self.flt)
+        return entries
+
+    def commit(self, entry: FeedEntry | None = None) -> None:
+        """Done up to `entry` (default: everything the last read covered, filtered-out entries included)."""
+        cursor = Cursor.decode(entry.cursor, self.feed.keys.shards) if entry is not None else self.read_to
+        if cursor is None:
+            return
+        self.cursor = cursor
+        if self.cursor_key is not None:
+            self.feed.client.set(self.cursor_key, cursor.encode())

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import redis
 
 from stream.keys import Keys
+from stream.redis_link import text
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # one window through the engine (load frames, ground every query, commit)
 WINDOW_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# one webhook POST (the last attempt)
-WEBHOOK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def field_name(name: str, labels: dict[str, str] | None = None) -> str:
@@ -77,20 +76,17 @@ class RedisCounters:
             log.warning("telemetry %s not updated: %s", self.key, exc)
 
     def read(self) -> dict[str, float]:
-        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in self.client.hgetall(self.key).items()}
+        return {text(k): float(v) for k, v in self.client.hgetall(self.key).items()}
 
 
 class EngineTelemetry:
-    """What engine workers count. Call sites in the worker:
-
-    - after a window's events are committed and XACKed: `window_processed(window, started_mono, events)`
-    - when a window is dead-lettered: `window_dead(camera_id)`
-    """
+    """What engine workers count (engine/serving/worker.py): windows processed (with their duration and the
+    capture-to-event latency of their events), skipped when behind, dead-lettered, and events by type."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.counters = RedisCounters(client, keys.telemetry("engine"))
 
-    def window_processed(self, camera_id: str, duration_s: float, events: Iterable = (), window_end_ts: float | None = None,
+    def window_processed(self, camera_id: str, duration_s: float, events: Iterable = (), newest_frame_ts: float | None = None,
                          now: float | None = None) -> None:
         """One window done: its duration, its events by type and, per event, capture-to-event latency
         (`now` minus the capture time of the window's newest frame)."""
@@ -100,8 +96,8 @@ class EngineTelemetry:
         for e in events:
             f = field_name("svl_events_total", {"type": e.type.value})
             counts[f] = counts.get(f, 0) + 1
-            if window_end_ts is not None:
-                obs.append(("svl_capture_to_event_latency_seconds", max(0.0, now - window_end_ts), LATENCY_BUCKETS))
+            if newest_frame_ts is not None:
+                obs.append(("svl_capture_to_event_latency_seconds", max(0.0, now - newest_frame_ts), LATENCY_BUCKETS))
         self.counters.update(counts, obs)
 
     def window_skipped(self, camera_id: str, reason: str) -> None:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 import redis
 
 from engine.contracts.events import EventType, GroundingEvent
-from engine.contracts.feed import Cursor, CursorError, EventFeed
+from engine.contracts.feed import Cursor, EventFeed, FeedFollower
+from engine.contracts.settings import MediaSettings
 from engine.media.render import ClipFrame, caption_of, encode_clip, render_snapshot, sample_period_ms
 from engine.media.store import CLIP, SNAPSHOT, MediaStore
-from engine.contracts.settings import MediaSettings
 from stream.keys import Keys
-from stream.redis_link import RedisLink
+from stream.role import Heartbeat, Isolated, RoleLoop, isolate, require_client
 from stream.store import preview_times
 
 log = logging.getLogger(__name__)
@@ -46,63 +46,42 @@ def _ms(ts: float) -> int:
 class MediaWorker:
     def __init__(self, client: redis.Redis, keys: Keys, settings: MediaSettings, store: MediaStore,
                  stop: threading.Event, now: Callable[[], float] = time.time, worker_id: str | None = None) -> None:
-        if client is None:
-            raise TypeError("MediaWorker needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "MediaWorker")
         self.keys = keys
         self.settings = settings
         self.store = store
         self.stop = stop
         self.now = now
-        self.feed = EventFeed(client, keys)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.follower = FeedFollower(EventFeed(client, keys), keys.media_cursor(), count=100,
+                                     start_at=lambda feed: Cursor.at_time(keys.shards, self.now() - LOOKBACK_S))
         self.pending: dict[str, dict] = {}  # event id -> end event dict, clips waiting for their post padding
-        self.timings: list[tuple[str, float]] = []  # ("snapshot" | "clip", seconds): the last few, for benches
+        self.failed = Isolated()  # events whose media failed, by kind (snapshot or clip)
         self._last_prune = 0.0
-        self._last_beat = 0.0
-        self.link = RedisLink("media worker")
+        self.loop = RoleLoop("media worker", stop, Heartbeat(client, keys, "media", self.worker_id, settings.heartbeat_s))
 
     # ---- loop ----------------------------------------------------------------------------
-    def start_cursor(self) -> Cursor:
-        raw = self.client.get(self.keys.media_cursor())
-        if raw:
-            try:
-                return Cursor.decode(raw.decode() if isinstance(raw, bytes) else raw, self.keys.shards)
-            except CursorError as exc:
-                log.warning("stored media cursor ignored: %s", exc)
-        return Cursor.at_time(self.keys.shards, self.now() - LOOKBACK_S)
-
     def run(self, max_seconds: float | None = None) -> None:
         log.info("media worker %s: media in %s", self.worker_id, self.store.root)
         for st in self.store.pending_clips():
             self.pending[st["event_id"]] = st["end_event"]
-        cursor = self.start_cursor()
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        try:
-            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                try:
-                    entries, cursor = self.feed.read(cursor, count=100, block_ms=self.settings.block_ms)
-                    for entry in entries:
-                        self.handle_safely(entry.event)
-                    if entries:
-                        self.client.set(self.keys.media_cursor(), cursor.encode())
-                    self.make_due_clips()
-                    self._housekeeping()
-                    self.link.ok()
-                except redis.RedisError as exc:
-                    self.stop.wait(self.link.failed(exc))
-        finally:
-            try:
-                self.client.delete(self.keys.heartbeat("media", self.worker_id))
-            except redis.RedisError:
-                pass
+        self.loop.run(self.step, stats=lambda: {"pending_clips": len(self.pending), "failed": self.failed.total},
+                      max_seconds=max_seconds)
+
+    def step(self) -> bool:
+        """The events after the stored cursor (each event's media isolated), due clips, housekeeping; the cursor
+        moves after the batch, so a restart neither misses nor repeats work."""
+        entries = self.follower.read(block_ms=self.settings.block_ms)
+        for entry in entries:
+            self.handle_safely(entry.event)
+        if entries:
+            self.follower.commit()
+        self.make_due_clips()
+        self._housekeeping()
+        return bool(entries)
 
     def _housekeeping(self) -> None:
         mono = time.monotonic()
-        if mono - self._last_beat >= self.settings.heartbeat_s:
-            self.client.set(self.keys.heartbeat("media", self.worker_id), str(self.now()),
-                            ex=int(self.settings.heartbeat_s * 3) + 1)
-            self._last_beat = mono
         if mono - self._last_prune >= PRUNE_EVERY_S:
             self.store.prune(self.now(), self.settings.retention_s, self.settings.max_bytes)
             self._last_prune = mono
@@ -114,13 +93,8 @@ class MediaWorker:
         return st
 
     def handle_safely(self, e: GroundingEvent) -> None:
-        """One event's media; a failure (a bad frame, a full disk) is logged and recorded, never the worker's end."""
-        try:
-            self.handle(e)
-        except redis.RedisError:
-            raise
-        except Exception as exc:
-            log.error("event %s (camera %s): media failed: %s: %s", e.event_id, e.camera_id, type(exc).__name__, exc)
+        """One event's media; a failure (a bad frame, a full disk) is logged and counted, never the worker's end."""
+        isolate(f"event {e.event_id} (camera {e.camera_id}): media", "snapshot", lambda: self.handle(e), self.failed)
 
     def handle(self, e: GroundingEvent) -> None:
         st = self._status(e)
@@ -143,7 +117,6 @@ class MediaWorker:
             data = render_snapshot(jpeg, box.xyxy, e.frame_size, caption_of(e.query_text, e.score), self.settings.snapshot_quality)
             self.store.write(e.event_id, SNAPSHOT, data)
             took = time.perf_counter() - t0
-            self.timings = (self.timings + [("snapshot", took)])[-200:]
             return {"state": "ok", "ts": box.ts, "score": round(e.score, 4), "bytes": len(data), "render_s": round(took, 4)}
         why = "the event has no boxes" if not e.boxes else "no preview frame of its boxes is stored (expired, or previews disabled)"
         log.info("event %s: no snapshot: %s", e.event_id, why)
@@ -162,6 +135,7 @@ class MediaWorker:
                 except redis.RedisError:
                     raise
                 except Exception as exc:  # recorded in the status; not retried forever
+                    self.failed.failures["clip"] = self.failed.failures.get("clip", 0) + 1
                     log.error("event %s (camera %s): clip failed: %s: %s", event_id, e.camera_id, type(exc).__name__, exc)
                     st["clip"] = {"state": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 st.pop("end_event", None)
@@ -188,7 +162,6 @@ class MediaWorker:
         except ValueError as exc:  # every listed preview expired before it was read
             return {"state": "missing", "reason": f"{exc} (expired)", **span}
         took = time.perf_counter() - t0
-        self.timings = (self.timings + [("clip", took)])[-200:]
         return {"state": "ok", **span, "duration_s": info.duration_s, "fps": round(info.fps, 3), "frames": info.frames,
                 "missing_frames": len(info.missing_ts), "missing_ts": list(info.missing_ts[:50]), "bytes": info.bytes,
                 "render_s": round(took, 4)}

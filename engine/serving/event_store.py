@@ -23,14 +23,14 @@ import redis
 from engine.contracts.events import EndReason, EventState, GroundingEvent, Observation, advance, close
 from engine.contracts.queries import StandingQuery
 from engine.contracts.settings import EngineSettings
+from engine.contracts.feed import encode_entry
+from engine.serving.window_source import ack_window
 from stream.keys import Keys
+from stream.redis_link import text
+from stream.role import require_client
 from stream.types import Window
 
 log = logging.getLogger(__name__)
-
-
-def _s(raw) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def done_ttl_s(settings: EngineSettings) -> int:
@@ -42,9 +42,7 @@ def done_ttl_s(settings: EngineSettings) -> int:
 class EventStore:
     def __init__(self, client: redis.Redis, keys: Keys, settings: EngineSettings, model_name: str,
                  now: Callable[[], float] = time.time) -> None:
-        if client is None:
-            raise TypeError("EventStore needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "EventStore")
         self.keys = keys
         self.settings = settings
         self.model_name = model_name
@@ -71,9 +69,6 @@ class EventStore:
         """A window that cannot be processed (its frames are gone): marked done and acknowledged."""
         self._transition(window.camera_id, [], lambda states: ([], []), window.window_id, entry_id, done_value=why)
 
-    def ack_only(self, window_shard: int, entry_id: str) -> None:
-        self.client.xack(self.keys.windows(window_shard), self.settings.group, entry_id)
-
     # ---- one event ---------------------------------------------------------------------
     def state(self, camera_id: str, query_id: str) -> EventState:
         return EventState.from_json(self.client.get(self.keys.event_state(camera_id, query_id)))
@@ -81,7 +76,7 @@ class EventStore:
     def open_pairs(self, shard: int) -> list[tuple[str, str]]:
         pairs = []
         for raw in self.client.smembers(self.keys.open_events(shard)):
-            cam, _, qid = _s(raw).partition("/")
+            cam, _, qid = text(raw).partition("/")
             pairs.append((cam, qid))
         return sorted(pairs)
 
@@ -110,7 +105,7 @@ class EventStore:
                     if done_key and pipe.exists(done_key):  # another worker finished it: only acknowledge
                         pipe.unwatch()
                         if entry_id:
-                            self.ack_only(shard, entry_id)
+                            ack_window(self.client, self.keys, self.settings.group, shard, entry_id)
                         return []
                     states = [EventState.from_json(pipe.get(k)) for k in state_keys]
                     new_states, events = step(states)
@@ -130,7 +125,7 @@ class EventStore:
                     if done_key:
                         pipe.set(done_key, done_value, ex=self.done_ttl_s)
                     if entry_id:
-                        pipe.xack(self.keys.windows(shard), self.settings.group, entry_id)
+                        ack_window(pipe, self.keys, self.settings.group, shard, entry_id)
                     pipe.execute()
                     break
                 except redis.WatchError:
@@ -145,10 +140,7 @@ class EventStore:
         now_ms = int(self.now() * 1000)
         minid = f"{now_ms - int(self.settings.events_retention_s * 1000)}-0"
         for e in events:
-            payload = e.to_json()
-            pipe.xadd(stream, {"event": payload, "camera": e.camera_id, "query": e.query_id, "type": e.type.value,
-                              "event_id": e.event_id},
-                      minid=minid, approximate=True)
+            pipe.xadd(stream, encode_entry(e), minid=minid, approximate=True)
             # where the event's latest version sits in the stream (by time: ids are only known after EXEC); ~100 bytes
             pipe.set(self.keys.event_record(shard, e.event_id), str(now_ms), ex=self.state_ttl_s)
         pipe.xtrim(stream, maxlen=self.settings.events_maxlen, approximate=True)

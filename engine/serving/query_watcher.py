@@ -23,6 +23,7 @@ from engine.contracts.events import EndReason, GroundingEvent
 from engine.contracts.queries import QueryRegistry, StandingQuery
 from stream.health import CameraState, read_health
 from stream.keys import Keys
+from stream.redis_link import text
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class QueryWatcher:
 
     def prune_cameras(self) -> None:
         for raw in self.client.smembers(self.keys.cameras()):
-            cam = raw.decode() if isinstance(raw, bytes) else raw
+            cam = text(raw)
             if not self.client.exists(self.keys.health(cam)):
                 self.client.srem(self.keys.cameras(), cam)
                 log.info("camera %s: health expired; removed from the camera set", cam)

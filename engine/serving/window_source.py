@@ -7,8 +7,8 @@
 - A delivery knows how many times Redis has delivered it (XPENDING's counter, which XCLAIM and
   XAUTOCLAIM raise). `fail()` schedules a retry; at `max_deliveries` the entry goes to its shard's
   dead-letter stream with the error text and is acknowledged, in one transaction (one slot).
-- Acknowledging a processed window is the event store's job: its XACK is in the same transaction as
-  the window's events.
+- A processed window is acknowledged in the event store's transaction that writes its events
+  (`ack_window`, the one place entries are acknowledged); `ack()` is for a window found already done.
 """
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from dataclasses import dataclass
 import redis
 
 from stream.keys import Keys
-from stream.redis_link import backoff_delay
+from stream.redis_link import backoff_delay, text, text_fields
 
 log = logging.getLogger(__name__)
 
 
-def _s(raw) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+def ack_window(client_or_pipe, keys: Keys, group: str, shard: int, *entry_ids: str) -> None:
+    """The one place window entries are acknowledged: here, or inside the caller's transaction (the event store
+    acknowledges a processed window in the MULTI that writes its events)."""
+    client_or_pipe.xack(keys.windows(shard), group, *entry_ids)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class WindowSource:
             got = [(i, f) for i, f in res if f]
             if not got:
                 log.warning("window entry %s (shard %d) is gone (trimmed or acknowledged elsewhere)", entry_id, shard)
-                self.client.xack(self.keys.windows(shard), self.group, entry_id)
+                ack_window(self.client, self.keys, self.group, shard, entry_id)
                 continue
             return [Delivery(shard, entry_id, got[0][1], self._deliveries_of(shard, entry_id))]
         return []
@@ -128,14 +130,14 @@ class WindowSource:
             res = self.client.xautoclaim(stream, self.group, self.consumer, min_idle_time=self.claim_idle_ms,
                                          start_id="0-0", count=1)
             entries = res[1]
-            gone = [_s(i) for i, f in entries if not f]
+            gone = [text(i) for i, f in entries if not f]
             if gone:  # trimmed from the stream while pending (Redis 6.2 returns them empty)
                 log.warning("%d pending window entries of shard %d were trimmed before processing; acknowledging them",
                             len(gone), shard)
-                self.client.xack(stream, self.group, *gone)
+                ack_window(self.client, self.keys, self.group, shard, *gone)
             if len(res) > 2 and res[2]:  # Redis 7: ids it deleted from the PEL because the entries were trimmed
                 log.warning("%d pending window entries of shard %d were trimmed before processing", len(res[2]), shard)
-            live = [(_s(i), f) for i, f in entries if f]
+            live = [(text(i), f) for i, f in entries if f]
             if live:
                 entry_id, fields = live[0]
                 log.info("claimed stale window entry %s (shard %d)", entry_id, shard)
@@ -158,21 +160,25 @@ class WindowSource:
         else:
             res = self.client.xreadgroup(self.group, self.consumer, self._streams, count=self.per_shard,
                                          block=self.block_ms if block else None) or []
-        return [Delivery(self._shard_of_stream[_s(name)], _s(i), f, 1) for name, entries in res for i, f in entries if f]
+        return [Delivery(self._shard_of_stream[text(name)], text(i), f, 1) for name, entries in res for i, f in entries if f]
 
     def drained(self, shard: int) -> bool:
         """Every window of the shard has been delivered and acknowledged (by any worker)."""
         stream = self.keys.windows(shard)
-        groups = {_s(g["name"]): g for g in self.client.xinfo_groups(stream)}
+        groups = {text(g["name"]): g for g in self.client.xinfo_groups(stream)}
         g = groups.get(self.group)
         if g is None:
             return not self.client.xlen(stream)
         if int(g["pending"]):
             return False
         last = self.client.xinfo_stream(stream)["last-generated-id"]
-        return _s(g["last-delivered-id"]) == _s(last)
+        return text(g["last-delivered-id"]) == text(last)
 
     # ---- failures ----------------------------------------------------------------------
+    def ack(self, d: Delivery) -> None:
+        """Acknowledge a delivery whose window is already done (a re-delivery after its commit)."""
+        ack_window(self.client, self.keys, self.group, d.shard, d.entry_id)
+
     def fail(self, d: Delivery, error: str) -> bool:
         """A delivery failed: retry it later, or dead-letter it after `max_deliveries`. True when dead-lettered."""
         if d.deliveries >= self.max_deliveries:
@@ -185,12 +191,12 @@ class WindowSource:
         return False
 
     def dead_letter(self, d: Delivery, error: str) -> None:
-        fields = {_s(k): _s(v) for k, v in d.fields.items()}
+        fields = text_fields(d.fields)
         record = {"entry_id": d.entry_id, "window": json.dumps(fields), "error": error[:2000],
                   "deliveries": str(d.deliveries), "failed_at": f"{time.time():.3f}", "consumer": self.consumer}
         pipe = self.client.pipeline(transaction=True)  # same slot: the shard's tag
         pipe.xadd(self.keys.dead_windows(d.shard), record, maxlen=10_000, approximate=True)
-        pipe.xack(self.keys.windows(d.shard), self.group, d.entry_id)
+        ack_window(pipe, self.keys, self.group, d.shard, d.entry_id)
         pipe.execute()
         self._retries.pop((d.shard, d.entry_id), None)
         log.error("window %s dead-lettered after %d deliveries: %s (spacevllm windows dead ls)",
@@ -201,8 +207,8 @@ class WindowSource:
         out = []
         for s in self.keys.all_shards():
             for dead_id, f in self.client.xrange(self.keys.dead_windows(s)):
-                f = {_s(k): _s(v) for k, v in f.items()}
-                out.append(DeadWindow(s, _s(dead_id), f["entry_id"], json.loads(f["window"]), f["error"],
+                f = {text(k): text(v) for k, v in f.items()}
+                out.append(DeadWindow(s, text(dead_id), f["entry_id"], json.loads(f["window"]), f["error"],
                                       int(f["deliveries"]), float(f["failed_at"])))
         return sorted(out, key=lambda d: d.failed_at)
 
@@ -215,7 +221,7 @@ class WindowSource:
             raise KeyError(f"not a dead-letter reference: {ref!r} (use the SHARD/ID shown by `windows dead ls`)") from None
         if not got:
             raise KeyError(f"no dead-lettered window {ref!r}")
-        return shard, dead_id, {_s(k): _s(v) for k, v in got[0][1].items()}
+        return shard, dead_id, {text(k): text(v) for k, v in got[0][1].items()}
 
     def retry_dead(self, ref: str) -> str:
         """Put a dead-lettered window back on its window stream (as a new entry) and remove the dead letter."""
@@ -224,7 +230,7 @@ class WindowSource:
         pipe.xadd(self.keys.windows(shard), json.loads(f["window"]))
         pipe.xdel(self.keys.dead_windows(shard), dead_id)
         new_id, _ = pipe.execute()
-        return _s(new_id)
+        return text(new_id)
 
     def drop_dead(self, ref: str) -> None:
         shard, dead_id, _ = self._find(ref)

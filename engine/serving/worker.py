@@ -19,19 +19,19 @@ so latency stays bounded and the degradation is visible.
 """
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import redis
 
 from engine.serving.event_store import EventStore
 from engine.contracts.events import GroundingEvent
+from engine.contracts.queries import StandingQuery
 from engine.serving.grounder import MissingFrames, WindowGrounder
 from engine.serving.latency import LatencyHistogram
 from engine.serving.query_watcher import QueryWatcher
@@ -39,7 +39,7 @@ from engine.contracts.settings import EngineSettings
 from engine.contracts.telemetry import EngineTelemetry
 from engine.serving.window_source import Delivery, WindowSource
 from stream.keys import Keys
-from stream.redis_link import RedisLink
+from stream.role import Heartbeat, RoleLoop, require_client
 from stream.store import WindowStore
 from stream.types import Window
 
@@ -49,23 +49,32 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerStats:
     processed: int = 0  # windows committed
-    skipped: int = 0  # windows whose frames were gone
+    frames_gone: int = 0  # windows whose frames had expired or were never stored
     failed: int = 0  # failed attempts (each retried or dead-lettered)
     dead_lettered: int = 0
     events: int = 0
-    superseded: int = 0  # live windows skipped because a newer one of the camera was waiting (engine behind)
-    stale: int = 0  # live windows skipped because they were older than max_window_lag_s
+    # live windows skipped because the engine was behind (svl_windows_skipped_total{reason}):
+    superseded: int = 0  # a newer window of the camera was waiting
+    stale: int = 0  # older than max_window_lag_s
     batches: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # capture of the last frame -> committed
+
+
+@dataclass(frozen=True)
+class ReadyWindow:
+    """A window admitted for grounding: its delivery, its camera's queries and its frames (None: a frame is gone)."""
+
+    delivery: Delivery
+    window: Window
+    queries: list[StandingQuery]
+    frames: list[bytes | None]
 
 
 class EngineWorker:
     def __init__(self, client: redis.Redis, keys: Keys, grounder: WindowGrounder, settings: EngineSettings,
                  stop: threading.Event | None = None, consumer: str | None = None, model_name: str = "tiny",
                  on_event: Callable[[GroundingEvent], None] | None = None, frame_ttl_s: float = 60.0) -> None:
-        if client is None:
-            raise TypeError("EngineWorker needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "EngineWorker")
         self.keys = keys
         self.grounder = grounder
         self.settings = settings
@@ -79,7 +88,8 @@ class EngineWorker:
         self.store = EventStore(client, keys, settings, model_name)
         self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained)
         self.telemetry = EngineTelemetry(client, keys)
-        self.link = RedisLink(f"engine {self.consumer}")
+        self.beats = Heartbeat(client, keys, "engine", self.consumer, settings.heartbeat_s)
+        self.loop = RoleLoop(f"engine {self.consumer}", self.stop_event, self.beats)
         self.stats = WorkerStats()
         self._ready = False
         self._finish_by: float | None = None
@@ -89,39 +99,29 @@ class EngineWorker:
         """Work off what is waiting (up to `timeout_s`), then stop: how `up` stops its engine after its cameras."""
         self._finish_by = time.monotonic() + timeout_s
 
-    @property
-    def processed(self) -> int:
-        return self.stats.processed
-
     # ---- the loop ----------------------------------------------------------------------
     def run(self, max_windows: int | None = None, idle_exit_s: float | None = None) -> None:
         """Process windows until stopped (or `max_windows`, or idle for `idle_exit_s`: bounded exits for tests)."""
-        last_work = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    self.setup()
-                    self.heartbeat()
-                    self.publish(self.watcher.refresh(), counted=False)
-                    deliveries = self.source.next(block=self._finish_by is None)
-                    if deliveries:  # the windows that were ready together: one grounding batch
-                        self.handle_batch(deliveries)
-                        last_work = time.monotonic()
-                    else:  # idle: windows read so far are done, so a stopped camera's events can end
-                        self.publish(self.watcher.idle_check(), counted=False)
-                    self.link.ok()
-                except redis.RedisError as exc:
-                    self._ready = False
-                    self.stop_event.wait(self.link.failed(exc))
-                    continue
-                if max_windows is not None and self.stats.processed + self.stats.skipped >= max_windows:
-                    return
-                if self._finish_by is not None and (not deliveries or time.monotonic() >= self._finish_by):
-                    return
-                if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
-                    return
-        finally:
-            self.teardown()
+        self.loop.run(lambda: self.step(max_windows), stats=self.heartbeat_stats, teardown=self.teardown,
+                      on_outage=self._lost_redis, idle_exit_s=idle_exit_s)
+
+    def step(self, max_windows: int | None = None) -> bool | str:
+        """One turn: (re)subscribe, query changes, the next batch of windows, or an idle check."""
+        self.setup()
+        self.publish(self.watcher.refresh(), counted=False)
+        deliveries = self.source.next(block=self._finish_by is None)
+        if deliveries:  # the windows that were ready together: one grounding batch
+            self.handle_batch(deliveries)
+        else:  # idle: windows read so far are done, so a stopped camera's events can end
+            self.publish(self.watcher.idle_check(), counted=False)
+        if max_windows is not None and self.stats.processed + self.stats.frames_gone >= max_windows:
+            return "stop"
+        if self._finish_by is not None and (not deliveries or time.monotonic() >= self._finish_by):
+            return "stop"
+        return bool(deliveries)
+
+    def _lost_redis(self) -> None:
+        self._ready = False  # groups and the subscription are made again when Redis is back
 
     def setup(self) -> None:
         """Consumer groups and the query subscription: at start and again after Redis comes back."""
@@ -137,20 +137,19 @@ class EngineWorker:
                 self.publish(self.watcher.reconcile(cameras=True), counted=False)
             self.watcher.close()
             self._ready = False
-            self.client.delete(self.keys.heartbeat("engine", self.consumer))
         except redis.RedisError as exc:
             log.warning("engine %s: could not finish cleanly (%s)", self.consumer, exc)
-        log.info("engine worker %s stopped: %d windows processed, %d skipped, %d failed attempts, %d dead-lettered",
-                 self.consumer, self.stats.processed, self.stats.skipped, self.stats.failed, self.stats.dead_lettered)
+        log.info("engine worker %s stopped: %d windows processed, %d with frames gone, %d failed attempts, %d dead-lettered",
+                 self.consumer, self.stats.processed, self.stats.frames_gone, self.stats.failed, self.stats.dead_lettered)
 
     def heartbeat(self) -> None:
+        self.beats.beat(self.heartbeat_stats(), force=True)
+
+    def heartbeat_stats(self) -> dict:
         st = self.stats
-        beat = {"ts": time.time(), "processed": st.processed, "skipped": st.skipped, "failed": st.failed,
-                "dead_lettered": st.dead_lettered, "superseded": st.superseded, "stale": st.stale, "batches": st.batches,
-                "latency_buckets": st.latency.counts, "latency_sum_s": round(st.latency.total_s, 3),
+        counts = {k: v for k, v in asdict(st).items() if k != "latency"}
+        return {**counts, "latency_buckets": st.latency.counts, "latency_sum_s": round(st.latency.total_s, 3),
                 "latency_max_30s": round(st.latency.recent_max(time.monotonic()), 3)}
-        self.client.set(self.keys.heartbeat("engine", self.consumer), json.dumps(beat),
-                        ex=int(self.settings.heartbeat_s * 3) + 1)
 
     def publish(self, events: list[GroundingEvent], counted: bool = True) -> None:
         """Hand written events to the caller's hook; `counted=False`: events written outside a window (ends for a
@@ -170,40 +169,41 @@ class EngineWorker:
         """The windows that were ready together: admission, then one grounding batch per `batch_windows`, then one
         commit each."""
         admitted = [(d, w) for d in deliveries if (w := self._admit(d)) is not None]
-        todo = []
+        ready = []
         for d, window in self._newest_first(admitted):
             if self.store.is_done(window):
                 log.info("window %s already done (re-delivered); acknowledging", window.window_id)
-                self.store.ack_only(d.shard, d.entry_id)
+                self.source.ack(d)
                 continue
             queries = self.watcher.for_camera(window.camera_id)
-            todo.append((d, window, queries, self.frames.load_frames(window) if queries else []))
-        return [e for at in range(0, len(todo), self.settings.batch_windows)
-                for e in self._ground_and_commit(todo[at : at + self.settings.batch_windows])]
+            ready.append(ReadyWindow(d, window, queries, self.frames.load_frames(window) if queries else []))
+        return [e for at in range(0, len(ready), self.settings.batch_windows)
+                for e in self._ground_and_commit(ready[at : at + self.settings.batch_windows])]
 
-    def _ground_and_commit(self, todo: list) -> list[GroundingEvent]:
+    def _ground_and_commit(self, ready: list[ReadyWindow]) -> list[GroundingEvent]:
         """Ground the windows as one batch and commit each. A window whose grounding fails is retried (or
         dead-lettered); should a batch of several fail, its windows are grounded one at a time, so a bad one fails alone."""
-        if not todo:
+        if not ready:
             return []
         started = time.monotonic()
         try:
-            results = self.grounder.ground_many([(w, frames, queries) for _, w, queries, frames in todo])
+            results = self.grounder.ground_many([(r.window, r.frames, r.queries) for r in ready])
         except redis.RedisError:
             raise  # an outage, not these windows' fault: the loop waits for Redis; the windows stay pending
         except Exception as exc:
-            if len(todo) == 1:
-                self._failed(todo[0][0], todo[0][1], exc)
+            if len(ready) == 1:
+                self._failed(ready[0].delivery, ready[0].window, exc)
                 return []
-            log.warning("a batch of %d windows failed (%s: %s); processing them one at a time", len(todo), type(exc).__name__, exc)
-            return [e for item in todo for e in self._ground_and_commit([item])]
+            log.warning("a batch of %d windows failed (%s: %s); processing them one at a time", len(ready), type(exc).__name__, exc)
+            return [e for r in ready for e in self._ground_and_commit([r])]
         self.stats.batches += 1
         events = []
-        for (d, window, queries, _), res in zip(todo, results):
+        for r, res in zip(ready, results):
+            d, window, queries = r.delivery, r.window, r.queries
             if isinstance(res, MissingFrames):
                 log.warning("%s; skipped", self._missing_reason(window, res))
                 self.store.skip(window, d.entry_id, "skipped")
-                self.stats.skipped += 1
+                self.stats.frames_gone += 1
                 continue
             try:
                 got = self.store.commit(window, d.entry_id, queries, res)
@@ -212,7 +212,7 @@ class EngineWorker:
             except Exception as exc:
                 self._failed(d, window, exc)
                 continue
-            self._committed(window, (time.monotonic() - started) / len(todo), got)  # its share of the batch
+            self._committed(window, (time.monotonic() - started) / len(ready), got)  # its share of the batch
             self.publish(got)
             events.extend(got)
         return events
@@ -265,9 +265,10 @@ class EngineWorker:
     def _committed(self, window: Window, duration_s: float, events: list[GroundingEvent]) -> None:
         """A window's events are written: counted, its capture-to-commit latency observed (heartbeat and telemetry)."""
         self.stats.processed += 1
-        if window.frames_ms:
-            self.stats.latency.observe(time.time() - window.frames_ms[-1] / 1000.0, time.monotonic())
-        self.telemetry.window_processed(window.camera_id, duration_s, events, window_end_ts=window.end_ms / 1000.0)
+        newest = window.frames_ms[-1] / 1000.0 if window.frames_ms else None  # capture time of its newest frame
+        if newest is not None:
+            self.stats.latency.observe(time.time() - newest, time.monotonic())
+        self.telemetry.window_processed(window.camera_id, duration_s, events, newest_frame_ts=newest)
 
     # ---- failures --------------------------------------------------------------------
     def _failed(self, d: Delivery, window: Window, exc: Exception) -> None:

@@ -40,8 +40,8 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     redis_client.sadd(KEYS.cameras(), "cam1")
     redis_client.hset(KEYS.health("cam1"), mapping=h.to_dict())
     tel = EngineTelemetry(redis_client, KEYS)
-    tel.window_processed("cam1", 0.2, [make_event(1), make_event(2, type_="end")], window_end_ts=100.0, now=101.5)
-    tel.window_processed("cam1", 0.03, [], window_end_ts=100.0, now=101.0)
+    tel.window_processed("cam1", 0.2, [make_event(1), make_event(2, type_="end")], newest_frame_ts=100.0, now=101.5)
+    tel.window_processed("cam1", 0.03, [], newest_frame_ts=100.0, now=101.0)
     tel.window_dead("cam1")
     tel.window_skipped("cam1", "superseded")
     RedisCounters(redis_client, KEYS.telemetry("webhooks")).update(

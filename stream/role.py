@@ -1,0 +1,176 @@
+"""The kit every long-running role is built from (ingest, engine, media, webhooks, and whatever comes next).
+
+A role is one loop of the same shape:
+
+    until stopped:  one step (read -> handle each item -> store)      RoleLoop.run
+                    a bad item is logged, counted and skipped          isolate()
+                    Redis going away is waited out, logged once        RedisLink (stream/redis_link.py)
+                    a heartbeat every `heartbeat_s`                    Heartbeat
+    finally:        the role's teardown, the heartbeat removed
+
+Heartbeats have one payload schema for every role (`Beat`): `svl:heartbeat:<role>:<id>` holds
+`{"role", "id", "ts", ...the role's counters}` with a TTL of three periods, so a role that stops
+beating disappears from `/readyz` and `svl_workers{role}` by itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+
+from stream.keys import Keys
+from stream.redis_link import RedisLink
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def require_client(client: Any, who: str) -> Any:
+    """Roles and stores get their Redis client passed in (never a global); a missing one fails at construction."""
+    if client is None:
+        raise TypeError(f"{who} needs a Redis client")
+    return client
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop` (only the main thread can install handlers; elsewhere a no-op)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat: which role, which worker, when, and the role's own counters (JSON values)."""
+
+    role: str
+    worker_id: str
+    ts: float
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({**self.stats, "role": self.role, "id": self.worker_id, "ts": round(self.ts, 3)})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "Beat":
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("a heartbeat is a JSON object")
+        role, worker_id, ts = d.pop("role"), d.pop("id"), float(d.pop("ts"))
+        return cls(str(role), str(worker_id), ts, d)
+
+
+class Heartbeat:
+    """Writes a role's `Beat` at most every `every_s` (TTL: three periods, plus a second)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, role: str, worker_id: str, every_s: float,
+                 now: Callable[[], float] = time.time) -> None:
+        self.client = require_client(client, "Heartbeat")
+        self.key = keys.heartbeat(role, worker_id)
+        self.role = role
+        self.worker_id = worker_id
+        self.every_s = every_s
+        self.now = now
+        self._last = float("-inf")
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def beat(self, stats: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+        """Write the beat when one is due (or `force`); a Redis error propagates to the role's loop."""
+        if not force and not self.due():
+            return False
+        beat = Beat(self.role, self.worker_id, self.now(), dict(stats or {}))
+        self.client.set(self.key, beat.to_json(), ex=int(self.every_s * 3) + 1)
+        self._last = time.monotonic()
+        return True
+
+    def clear(self) -> None:
+        """Remove the beat (a clean stop): readers see the role gone at once, not after the TTL."""
+        try:
+            self.client.delete(self.key)
+        except redis.RedisError:
+            pass
+
+
+@dataclass
+class Isolated:
+    """What `isolate` counted: failed items by kind."""
+
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.failures.values())
+
+
+def isolate(what: str, kind: str, fn: Callable[[], T], counted: Isolated | None = None) -> T | None:
+    """Run one item's work. Redis errors propagate (an outage is the loop's business, not the item's); any other
+    error is logged with `what` (the item: a window, a camera, a sink, an event), counted under `kind`, and None is
+    returned so the role goes on with the next item."""
+    try:
+        return fn()
+    except redis.RedisError:
+        raise
+    except Exception as exc:  # one bad item never ends the role
+        if counted is not None:
+            counted.failures[kind] = counted.failures.get(kind, 0) + 1
+        log.error("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return None
+
+
+class RoleLoop:
+    """The loop every role runs: `step()` until stopped, Redis outages waited out with one log line each way,
+    the heartbeat kept, teardown always.
+
+    `step()` returns True when it did work (used for `idle_exit_s`), or "stop" to end the loop by itself.
+    `on_outage()` runs after a Redis error (e.g. forget subscriptions, so `setup` makes them again)."""
+
+    def __init__(self, name: str, stop: threading.Event, heartbeat: Heartbeat | None = None,
+                 link: RedisLink | None = None) -> None:
+        self.name = name
+        self.stop = stop
+        self.heartbeat = heartbeat
+        self.link = link or RedisLink(name)
+
+    def run(self, step: Callable[[], bool | str], stats: Callable[[], Mapping[str, Any]] = dict,
+            teardown: Callable[[], None] | None = None, on_outage: Callable[[], None] | None = None,
+            max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
+        started = last_work = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                try:
+                    if self.heartbeat is not None:
+                        self.heartbeat.beat(stats())
+                    did = step()
+                    self.link.ok()
+                except redis.RedisError as exc:
+                    if on_outage is not None:
+                        on_outage()
+                    self.stop.wait(self.link.failed(exc))
+                    continue
+                if did == "stop":
+                    return
+                now = time.monotonic()
+                if did:
+                    last_work = now
+                if max_seconds is not None and now - started >= max_seconds:
+                    return
+                if idle_exit_s is not None and now - last_work > idle_exit_s:
+                    return
+        finally:
+            try:
+                if teardown is not None:
+                    teardown()
+            finally:
+                if self.heartbeat is not None:
+                    self.heartbeat.clear()
+
