@@ -20,6 +20,7 @@ from stream.keys import Keys
 from stream.redis_server import EmbeddedRedis, connect, free_port
 from stream.types import Window
 from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
+from tests.waiting import wait_until
 
 
 OUTAGE_S = float(os.environ.get("SVL_TEST_OUTAGE_S", "10"))  # the 10 s; SVL_TEST_OUTAGE_S=30 for the longer check
@@ -126,8 +127,13 @@ def test_changing_a_query_text_or_cameras_ends_its_open_event_with_reason_query_
     # when one query's text changes and the other no longer applies to the camera
     reg.add(validate_query({"id": "q-any", "text": "the green square", "threshold": 0.0}))
     reg.add(validate_query({"id": "q-blue", "text": "the blue square moving left", "cameras": ["other"], "threshold": 0.0}))
-    time.sleep(0.05)
-    ended = w.watcher.refresh()  # the change is announced on the channel
+    ended = []
+
+    def both_ended():  # the change is announced on the channel: wait for it, however loaded the machine is
+        ended.extend(w.watcher.refresh())
+        return len(ended) >= 2
+
+    wait_until(both_ended, timeout_s=15.0, step_s=0.05)
     # then both events end with query_changed
     assert sorted((e.query_id, e.reason) for e in ended) == [("q-any", EndReason.QUERY_CHANGED), ("q-blue", EndReason.QUERY_CHANGED)]
 
