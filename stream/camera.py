@@ -22,6 +22,7 @@ from stream.redis_link import RedisLink, backoff_delay
 from stream.sources import RawFrame, SourceEnded, SourceError, open_source
 from stream.store import WindowStore
 from stream.types import Window
+from stream.urls import redact_text
 from stream.windowing import FrameSampler, WindowBuilder
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,13 @@ class CameraWorker(threading.Thread):
         self.frame_wh: tuple[int, int] | None = None
         self.link = RedisLink(f"camera {settings.id}")
         self._retry_at = 0.0
+        self._said_at = 0.0
         self._live = False
 
     # ---- health ------------------------------------------------------------------------
     def _set(self, state: CameraState, **changes) -> None:
+        if changes.get("last_error"):  # the one place a camera's error text is made safe to store, show and log
+            changes["last_error"] = redact_text(changes["last_error"], self.settings.url)
         if state is not self.health.state:
             log.info("camera %s: %s -> %s%s", self.settings.id, self.health.state.value, state.value,
                      f" ({changes['last_error']})" if changes.get("last_error") else "")
@@ -137,7 +141,7 @@ class CameraWorker(threading.Thread):
                     self._reconnect_after(str(exc), attempt)
                     attempt = 0 if self.health.frames_decoded and self._ran_ok else attempt + 1
                 except Exception as exc:  # an unexpected decoder error must not kill the camera thread
-                    log.exception("camera %s: unexpected error", s.id)
+                    log.error("camera %s: unexpected %s", s.id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
                     self._reconnect_after(f"{type(exc).__name__}: {exc}", attempt)
                     attempt += 1
                 finally:
@@ -155,9 +159,14 @@ class CameraWorker(threading.Thread):
     def _reconnect_after(self, error: str, attempt: int) -> None:
         if self.stop_event.is_set():
             return
+        repeated = redact_text(error, self.settings.url) == self.health.last_error
         self._set(CameraState.RECONNECTING, last_error=error, reconnects=self.health.reconnects + 1)
         delay = backoff_delay(attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng)
-        log.info("camera %s: reconnecting in %.1f s (%s)", self.settings.id, delay, error)
+        # the same error again is logged at most once a minute (a camera that is down for hours says so, not 600 times)
+        if not repeated or time.monotonic() - self._said_at >= 60.0:
+            log.info("camera %s: reconnecting in %.1f s (%s)%s", self.settings.id, delay, self.health.last_error,
+                     f"; {self.health.reconnects} attempts so far" if repeated else "")
+            self._said_at = time.monotonic()
         self.stop_event.wait(delay)
 
     def _consume(self, source) -> None:

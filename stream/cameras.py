@@ -16,8 +16,15 @@ from pydantic import ValidationError
 
 from stream.config import CameraSettings
 from stream.keys import Keys
+from stream.redis_link import text
+from stream.role import require_client
+from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
+
+
+def redacted(camera: CameraSettings) -> CameraSettings:
+    return camera.model_copy(update={"url": redact_url(camera.url)})
 
 
 class CameraExists(KeyError):
@@ -26,10 +33,9 @@ class CameraExists(KeyError):
 
 class CameraRegistry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        if client is None:
-            raise TypeError("CameraRegistry needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "CameraRegistry")
         self.keys = keys
+        self._malformed: dict[str, bytes | str] = {}  # stored entries already reported (logged once each)
 
     def _announce(self, op: str, camera_id: str) -> None:
         self.client.publish(self.keys.camera_configs_changed(), json.dumps({"op": op, "id": camera_id}))
@@ -44,8 +50,10 @@ class CameraRegistry:
         return camera
 
     def seed(self, cameras: list[CameraSettings]) -> None:
+        """The config file's cameras, stored with their URLs redacted: their credentials stay in the file (ingest
+        plays the configured camera whose redacted form is stored, see `IngestService`), never in Redis or its AOF."""
         for c in cameras:
-            self.add(c)
+            self.add(redacted(c))
 
     def remove(self, camera_id: str) -> bool:
         removed = bool(self.client.hdel(self.keys.camera_configs(), camera_id))
@@ -65,10 +73,13 @@ class CameraRegistry:
                 out.append(cam)
         return sorted(out, key=lambda c: c.id)
 
-    @staticmethod
-    def _parse(camera_id, raw) -> CameraSettings | None:
+    def _parse(self, camera_id, raw) -> CameraSettings | None:
         try:
             return CameraSettings.model_validate_json(raw)
         except ValidationError as exc:
-            log.error("skipping malformed stored camera %r: %s", camera_id, exc.errors()[0]["msg"])
+            cid = text(camera_id)
+            if self._malformed.get(cid) != raw:
+                self._malformed[cid] = raw
+                err = exc.errors()[0]
+                log.error("skipping stored camera %r: %s: %s", cid, ".".join(str(x) for x in err["loc"]), err["msg"])
             return None

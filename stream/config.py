@@ -2,14 +2,52 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stream.keys import DEFAULT_SHARDS, Keys, check_id
+from stream.urls import redact_url
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a typo fails at load; inf and nan are refused everywhere (a setting of .inf has no meaning and broke arithmetic)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_URL_LENGTH = 2048
+
+
+def check_camera_url(url: str) -> str:
+    """A camera URL a source can open: a known scheme, a host where the scheme needs one, a decimal port in
+    1-65535. The error message shows the URL redacted."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("must be a non-empty URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in url):
+        raise ValueError("contains control characters")
+    if url.startswith("/dev/video"):
+        return url
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in CAMERA_SCHEMES:
+        raise ValueError(f"{redact_url(url)!r}: use one of {', '.join(s + '://' for s in CAMERA_SCHEMES)} or /dev/videoN")
+    if scheme in ("rtsp", "rtsps", "http", "https"):
+        try:
+            parts = urlsplit(redact_url(url))  # credentials may hold characters a URL parser stops at
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ValueError(f"{redact_url(url)!r}: {exc}") from None
+        if not host:
+            raise ValueError(f"{redact_url(url)!r} names no host")
+        netloc_port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+        if port == 0 or (netloc_port and not netloc_port.isdigit()):
+            raise ValueError(f"{redact_url(url)!r}: the port must be a decimal number in 1-65535")
+    return url
+
+
+CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https", "file", "synthetic")
 
 
 class RedisSettings(Strict):
@@ -59,6 +97,11 @@ class CameraSettings(Strict):
     def _id(cls, v: str) -> str:
         return check_id(v, "camera id")
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_camera_url(v)
+
 
 class IngestSettings(Strict):
     heartbeat_s: float = Field(2.0, gt=0)
@@ -66,3 +109,6 @@ class IngestSettings(Strict):
     # 1: many cameras already fill the cores, and a decoder's threads would only wait on each other)
     decoder_threads: int = Field(0, ge=0, le=16)
     health_ttl_s: float = Field(300.0, gt=0)  # a stopped camera's health expires after this
+    # directories whose files may be played as cameras when added at run time (API, `spacevllm cameras add`, the
+    # registry in Redis). Default: none. Cameras in the config file itself may name any file (the operator wrote it).
+    file_roots: list[str] = []

@@ -20,11 +20,11 @@ import time
 import redis
 
 from stream.camera import CameraWorker
-from stream.cameras import CameraRegistry
+from stream.cameras import CameraRegistry, redacted
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
-from stream.role import Heartbeat, RoleLoop, install_stop_signals, require_client
-from stream.urls import redact_url
+from stream.role import Heartbeat, Isolated, RoleLoop, install_stop_signals, isolate, require_client
+from stream.urls import file_path, redact_url, under_roots
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class IngestService:
         self._pubsub = None
         self._last_reload = 0.0
         self._seeded = not cameras  # the cameras passed in are written to the registry once
+        self._refused: dict[str, CameraSettings] = {}
+        self.failed = Isolated()  # cameras that failed to start or stop
         if registry is None:
             for c in cameras:
                 self._start_camera(c)
@@ -86,15 +88,35 @@ class IngestService:
         log.info("camera %s: stopped", camera_id)
 
     def sync(self) -> None:
-        """Make the running cameras match the registry (start added, stop removed, restart changed)."""
-        wanted = {c.id: c for c in self.registry.all()}
+        """Make the running cameras match the registry (start added, stop removed, restart changed). One camera
+        that cannot start or stop is logged and counted; the others go on."""
+        wanted = {c.id: c for c in map(self._configured, self.registry.all()) if self._allowed(c)}
         for cid in list(self._running):
             if cid not in wanted or wanted[cid] != self._running[cid][0]:
-                self._stop_camera(cid)
+                isolate(f"camera {cid}: stop", "camera", lambda cid=cid: self._stop_camera(cid), self.failed)
         for cid, cam in wanted.items():
             if cid not in self._running:
-                self._start_camera(cam, start=True)
+                isolate(f"camera {cid}: start", "camera", lambda cam=cam: self._start_camera(cam, start=True), self.failed)
         self._last_reload = time.monotonic()
+
+    def _configured(self, stored: CameraSettings) -> CameraSettings:
+        """The config file's camera for a stored entry that is its redacted form (credentials stay out of Redis)."""
+        for c in self._seed:
+            if c.id == stored.id and redacted(c) == stored:
+                return c
+        return stored
+
+    def _allowed(self, cam: CameraSettings) -> bool:
+        """A file camera added at run time plays only files under `ingest.file_roots`; the config file's own cameras
+        may name any file. Refused once with one log line (and again only if it changes)."""
+        path = file_path(cam.url)
+        if path is None or any(c == cam for c in self._seed) or under_roots(path, self.settings.file_roots):
+            return True
+        if self._refused.get(cam.id) != cam:
+            self._refused[cam.id] = cam
+            roots = ", ".join(self.settings.file_roots) or "none configured"
+            log.error("camera %s: refused: %s is not under ingest.file_roots (%s)", cam.id, path, roots)
+        return False
 
     def _changes_announced(self) -> bool:
         changed = False
@@ -120,7 +142,8 @@ class IngestService:
                 w.start()
 
     def stats(self) -> dict:
-        return {"cameras": sum(w.is_alive() for w in self.workers)}
+        return {"cameras": sum(w.is_alive() for w in self.workers), "camera_failures": self.failed.total,
+                "refused": len(self._refused)}
 
     def run(self, install_signals: bool = True, max_seconds: float | None = None) -> None:
         """Run until SIGTERM/SIGINT (or `max_seconds`, or, without a registry, every camera ends), then stop cleanly.

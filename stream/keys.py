@@ -35,7 +35,9 @@ from stream.redis_link import text_fields
 DEFAULT_PREFIX = "svl:"
 DEFAULT_SHARDS = 8
 LAYOUT_VERSION = 2
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# camera, query and event ids: key parts, URL path segments and file names alike, so one strict pattern: 1-64
+# characters, starting with a letter or digit (no `.` / `..`, no hidden files, no option-like `-x`)
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @lru_cache(maxsize=4096)
@@ -53,7 +55,8 @@ def shard_tag(shard: int, shards: int) -> str:
 
 def check_id(value: str, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
+        shown = value[:80] + "..." if isinstance(value, str) and len(value) > 80 else value
+        raise ValueError(f"invalid {what} {shown!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit")
     return value
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from stream.imagecodec import resize
 from stream.preview import preview_wh
 from stream.scenes import Scene, SceneObject, random_scene, render_frame
+from stream.urls import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class RawFrame:
         return self.frame.to_ndarray(format="rgb24") if self.frame is not None else self.image
 
 
+# FFmpeg demuxers a file camera may use (video containers, elementary streams, image sequences)
+FILE_FORMATS = ("mov,mp4,matroska,webm,avi,flv,mpegts,h264,hevc,mjpeg,mpjpeg,image2,png_pipe,jpeg_pipe,mpeg,"
+                "mpegvideo,m4v,rawvideo,ivf,yuv4mpegpipe,gif,webp_pipe,asf,ogg,nut,dv")
+
+
 class PyAVSource:
     """rtsp(s)://, http(s):// (HLS, MJPEG), file:// and /dev/videoN through PyAV."""
 
@@ -87,6 +93,9 @@ class PyAVSource:
             target = urlparse(url).path if url.startswith("file://") else url
             if not Path(target).is_file():
                 raise SourceError(f"file not found: {target}", retryable=False)
+            # only video and image demuxers: FFmpeg would otherwise render a text file (tty, ansi) into frames,
+            # and a file camera's preview would show its contents
+            options = {"format_whitelist": FILE_FORMATS}
         elif self.kind == "v4l2":
             fmt = "v4l2"
         self._target, self._options, self._format = target, options, fmt
@@ -99,13 +108,18 @@ class PyAVSource:
             container = av.open(self._target, format=self._format, options=self._options, timeout=self._timeouts)
         except av.error.InvalidDataError as exc:
             raise SourceError(f"not a playable video ({exc})", retryable=self.kind != "file") from exc
+        except av.error.ArgumentError as exc:
+            if self.kind == "file":  # the format whitelist refused it
+                raise SourceError(f"{self._target} is not a video or image file (formats: {FILE_FORMATS})",
+                                  retryable=False) from exc
+            raise SourceError(redact_text(f"cannot open {self.url}: {exc}", self.url)) from exc
         except FileNotFoundError as exc:
             raise SourceError(f"not found: {self._target}", retryable=self.kind not in ("file", "v4l2")) from exc
         except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open {self.url}: {exc}") from exc
+            raise SourceError(redact_text(f"cannot open {self.url}: {exc}", self.url)) from exc
         if not container.streams.video:
             container.close()
-            raise SourceError(f"{self.url} has no video stream", retryable=self.kind != "file")
+            raise SourceError(f"{redact_url(self.url)} has no video stream", retryable=self.kind != "file")
         # FFmpeg's default (slice) threading: frame threading measured 30% slower here (bench/ingest.py,
         # 2 cores, 720p25) and adds frames of latency to a live stream. `decoder_threads` (ingest.decoder_threads)
         # caps it: with many cameras per core, one thread per camera avoids threads waiting on each other.
@@ -142,7 +156,7 @@ class PyAVSource:
             if self.kind != "file":
                 raise SourceError("the stream ended (server closed it)")
             if not self.loop:
-                raise SourceEnded(self.url)
+                raise SourceEnded(redact_url(self.url))
             offset += (last or 0.0) + period
             self.container.close()
             self.container = self._open()
@@ -151,7 +165,7 @@ class PyAVSource:
         try:
             self.container.close()
         except Exception:  # closing a broken container must not mask the original error
-            log.debug("error closing %s", self.url, exc_info=True)
+            log.debug("error closing %s", redact_url(self.url), exc_info=True)
 
 
 # the demo camera's script: (episode seconds, objects) cycled forever; queries in configs/ describe them
@@ -194,7 +208,7 @@ class SyntheticSource:
             self.epoch = float(q["epoch"]) if "epoch" in q else None
             self.max_seconds = float(q["seconds"]) if "seconds" in q else None
         except ValueError as exc:
-            raise SourceError(f"bad synthetic camera parameters in {url!r}: {exc}", retryable=False) from exc
+            raise SourceError(f"bad synthetic camera parameters in {redact_url(url)!r}: {exc}", retryable=False) from exc
         self.url = url
         self.live = self.realtime and self.epoch is None
         self._scenes: dict[int, Scene] = {}
@@ -222,7 +236,7 @@ class SyntheticSource:
             img = render_frame(self.scene(episode), t - episode * self.episode_s, np.random.default_rng(k))
             yield RawFrame(img, t, period)
             k += 1
-        raise SourceEnded(self.url)
+        raise SourceEnded(redact_url(self.url))
 
     def truth(self, t: float) -> tuple[Scene, float]:
         """The scene and scene-time shown at stream time t (for tests and evaluation)."""
@@ -245,7 +259,7 @@ def _kind(url: str) -> str:
         return "v4l2"
     if scheme == "synthetic":
         return "synthetic"
-    raise SourceError(f"unsupported camera URL scheme {scheme!r} in {url!r} (rtsp, rtsps, http, https, file, /dev/videoN, synthetic)",
+    raise SourceError(f"unsupported camera URL scheme {scheme!r} in {redact_url(url)!r} (rtsp, rtsps, http, https, file, /dev/videoN, synthetic)",
                       retryable=False)
 
 
