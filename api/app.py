@@ -1,24 +1,25 @@
 """The FastAPI application: routers, error shape, health, metrics. Built by `create_app`; served by
-`api.server` under uvicorn. OpenAPI at `/openapi.json`, interactive docs at `/docs`."""
+`api.server` under uvicorn. OpenAPI at `/openapi.json` (every answer's schema is in `api/schemas.py`),
+interactive docs at `/docs`."""
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import anyio
 import redis
 from fastapi import Depends, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from pathlib import Path
 
 from api import cameras, dashboard, events, media, queries
 from api.auth import TokenStore
 from api.context import READ, ApiContext, ctx
 from api.metrics import build_registry
+from api.schemas import Health, Readiness, error_answers
+from engine.contracts.errors import error_list
 from engine.contracts.feed import EventFeed
 from engine.contracts.queries import QueryRegistry
 from engine.contracts.settings import ApiSettings
@@ -28,15 +29,6 @@ from stream.keys import Keys
 log = logging.getLogger(__name__)
 
 HEARTBEAT_ROLES = ("engine", "ingest")
-
-
-def _loc_msg(e: dict) -> dict:
-    msg = str(e.get("msg", "")).removeprefix("Value error, ")
-    if e.get("type") == "extra_forbidden":
-        msg = "unknown field"
-    elif e.get("type") == "missing":
-        msg = "required"
-    return {"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "value_error")}
 
 
 def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None,
@@ -67,7 +59,7 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": jsonable_encoder([_loc_msg(e) for e in exc.errors()])}, status_code=422)
+        return JSONResponse({"detail": error_list(exc.errors())}, status_code=422)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -76,12 +68,13 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
         requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=Health)
     def healthz() -> dict:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "not ready (the answer says what is missing)"}})
     def readyz(c: ApiContext = Depends(ctx)) -> JSONResponse:
         """Redis reachable, and at least one engine and one ingest worker with a fresh heartbeat."""
         out: dict = {"redis": False, "workers": {}}
@@ -96,7 +89,8 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
         out["status"] = "ready" if ready else "not ready"
         return JSONResponse(out, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], dependencies=[READ], response_class=Response)
+    @app.get("/metrics", tags=["health"], dependencies=[READ], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_answers(401, 403)})
     def metrics() -> Response:
         """Prometheus text exposition (see api/metrics.py for the names)."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

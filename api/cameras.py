@@ -9,13 +9,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
 
 from api.context import ADMIN, READ, ApiContext, ctx
+from api.schemas import CameraAnswer, error_answers
+from engine.contracts.settings import CameraSettings
 from stream.cameras import CameraExists
-from stream.config import CameraSettings
 from stream.health import read_health
 from stream.keys import ID_PATTERN
 from stream.urls import redact_url
 
-router = APIRouter(prefix="/v1/cameras", tags=["cameras"])
+router = APIRouter(prefix="/v1/cameras", tags=["cameras"], responses=error_answers(401, 403))
 CameraId = Path(..., pattern=ID_PATTERN.pattern, description="camera id")
 
 
@@ -36,14 +37,14 @@ def _announced(c: ApiContext) -> set[str]:
     return {m.decode() if isinstance(m, bytes) else m for m in c.client.smembers(c.keys.cameras())}
 
 
-@router.get("", dependencies=[READ])
+@router.get("", dependencies=[READ], response_model=list[CameraAnswer])
 def list_cameras(c: ApiContext = Depends(ctx)) -> list[dict]:
     registered = {cam.id: cam for cam in c.cameras.all()}
     ids = sorted(set(registered) | _announced(c))
     return [_show(c, cid, registered.get(cid)) for cid in ids]
 
 
-@router.post("", status_code=201, dependencies=[ADMIN])
+@router.post("", status_code=201, dependencies=[ADMIN], response_model=CameraAnswer, responses=error_answers(409, 422))
 def add_camera(camera: CameraSettings, response: Response, c: ApiContext = Depends(ctx)) -> dict:
     try:
         c.cameras.add(camera, replace=False)
@@ -53,7 +54,7 @@ def add_camera(camera: CameraSettings, response: Response, c: ApiContext = Depen
     return _show(c, camera.id, camera)
 
 
-@router.get("/{camera_id}", dependencies=[READ])
+@router.get("/{camera_id}", dependencies=[READ], response_model=CameraAnswer, responses=error_answers(404, 422))
 def get_camera(camera_id: str = CameraId, c: ApiContext = Depends(ctx)) -> dict:
     settings = c.cameras.get(camera_id)
     if settings is None and camera_id not in _announced(c):
@@ -61,7 +62,7 @@ def get_camera(camera_id: str = CameraId, c: ApiContext = Depends(ctx)) -> dict:
     return _show(c, camera_id, settings)
 
 
-@router.delete("/{camera_id}", status_code=204, dependencies=[ADMIN])
+@router.delete("/{camera_id}", status_code=204, dependencies=[ADMIN], responses=error_answers(404, 422))
 def delete_camera(camera_id: str = CameraId, c: ApiContext = Depends(ctx)) -> Response:
     if not c.cameras.remove(camera_id):
         raise HTTPException(404, f"no registered camera {camera_id!r}")

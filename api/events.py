@@ -12,7 +12,6 @@ Everything reads the durable feed (`engine.contracts.feed.EventFeed`: one stream
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -20,23 +19,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from api.context import READ, ApiContext, ctx
+from api.schemas import EventAnswer, EventPage, error_answers
+from engine.contracts.events import EventType
 from engine.contracts.feed import Cursor, CursorError, EventFilter, FeedFollower
 from stream.keys import ID_PATTERN
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
-
-EventType = Literal["new", "update", "end"]
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=error_answers(401, 403))
 
 
-def _filter(camera, query, type_, since, until) -> EventFilter:
-    return EventFilter(camera=camera, query=query, type=type_, since_ts=since, until_ts=until)
+def _filter(camera, query, type_: EventType | None, since, until) -> EventFilter:
+    return EventFilter(camera=camera, query=query, type=type_.value if type_ else None, since_ts=since, until_ts=until)
 
 
 def _bad(field: str, msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("query", field), "msg": msg, "type": "value_error"}])
 
 
-@router.get("", dependencies=[READ])
+@router.get("", dependencies=[READ], response_model=EventPage, response_model_exclude_unset=True,
+            responses=error_answers(422))
 def list_events(camera: str | None = Query(None, pattern=ID_PATTERN.pattern),
                 query: str | None = Query(None, pattern=ID_PATTERN.pattern),
                 type: EventType | None = Query(None, description="new | update | end"),
@@ -54,7 +54,8 @@ def list_events(camera: str | None = Query(None, pattern=ID_PATTERN.pattern),
 
 
 @router.get("/stream", dependencies=[READ], response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"},
+                       **error_answers(422, 503)})
 async def stream_events(request: Request,
                         camera: str | None = Query(None, pattern=ID_PATTERN.pattern),
                         query: str | None = Query(None, pattern=ID_PATTERN.pattern),
@@ -96,7 +97,8 @@ async def stream_events(request: Request,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/{event_id}", dependencies=[READ])
+@router.get("/{event_id}", dependencies=[READ], response_model=EventAnswer, response_model_exclude_unset=True,
+            responses=error_answers(404, 422))
 def get_event(event_id: str, c: ApiContext = Depends(ctx)) -> dict:
     e = c.feed.event(event_id)
     if e is None:

@@ -12,11 +12,12 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response
 from fastapi.responses import FileResponse
 
 from api.context import READ, ApiContext, ctx
+from api.schemas import MediaStatus, error_answers
 from engine.media.store import CLIP, SNAPSHOT, MediaStore
 from stream.keys import ID_PATTERN
 from stream.store import preview_times
 
-router = APIRouter(tags=["media"])
+router = APIRouter(tags=["media"], responses=error_answers(401, 403, 404, 422))
 EventId = Path(..., pattern=ID_PATTERN.pattern, description="event id")
 CameraId = Path(..., pattern=ID_PATTERN.pattern, description="camera id")
 
@@ -53,7 +54,8 @@ def clip(event_id: str = EventId, c: ApiContext = Depends(ctx)) -> FileResponse:
     return _file(c, event_id, CLIP, "clip", "video/mp4")
 
 
-@router.get("/v1/events/{event_id}/media", dependencies=[READ])
+@router.get("/v1/events/{event_id}/media", dependencies=[READ], response_model=MediaStatus,
+            response_model_exclude_unset=True)
 def media_status(event_id: str = EventId, c: ApiContext = Depends(ctx)) -> dict:
     """What the media worker made for this event: snapshot and clip state (`ok`, `pending`, `missing` with a reason),
     the clip's span, frames and missing frames (expired previews)."""

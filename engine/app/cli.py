@@ -484,14 +484,15 @@ def cameras_add(camera_id, url, replace, config_path, redis_url) -> None:
     """Register a camera; a running ingest starts it."""
     from pydantic import ValidationError
 
+    from engine.contracts.errors import error_lines
+    from engine.contracts.settings import CameraSettings
     from stream.cameras import CameraExists, CameraRegistry
-    from stream.config import CameraSettings
 
     client, keys = _client(config_path, redis_url)
     try:
         cam = CameraSettings(id=camera_id, url=url)
     except ValidationError as exc:
-        raise click.ClickException("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise click.ClickException("; ".join(error_lines(exc.errors(), whole="camera"))) from None
     try:
         CameraRegistry(client, keys).add(cam, replace=replace)
     except CameraExists:

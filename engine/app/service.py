@@ -16,11 +16,10 @@ import redis
 from engine.contracts.events import GroundingEvent
 from engine.serving.grounder import WindowGrounder
 from engine.contracts.queries import QueryRegistry, validate_query
-from engine.contracts.settings import ServiceConfig, default_data_dir
+from engine.contracts.settings import CameraSettings, ServiceConfig, WindowSettings, default_data_dir
 from engine.serving.runtime.base import resolve_backend
 from engine.app.supervisor import Supervisor
 from engine.serving.worker import EngineWorker
-from stream.config import CameraSettings, WindowSettings
 from stream.ingest import IngestService
 from stream.keys import Keys, LayoutMismatch, check_layout
 from stream.cameras import CameraRegistry

@@ -1,9 +1,14 @@
-"""Grounding events (schema v1) and their lifecycle per (camera, query): new / update / end.
+"""Grounding events and their lifecycle per (camera, query): `new`, then `update`s, then `end`.
 
-`advance(state, observation, query, now_ts)` is pure: it returns the next state and the events
-to publish. State lives in Redis (JSON), so any worker can continue an event. Event ids are
-deterministic (camera, query, the window that opened it), so a window processed twice yields
-the same ids.
+- `GroundingEvent` is the wire record (schema v1), with `to_dict` / `from_dict`: what the event feed,
+  the HTTP API, SSE and webhooks carry. `EventType` and `EndReason` are its `type` and `reason`.
+- `Observation` is one window's answer to one query (the grounder's output); `EventState` is the open
+  event of a (camera, query), kept in Redis as JSON (`to_json` / `from_json`) so any worker can continue it.
+- `advance(state, observation, query, camera_id, model)` is pure: the next state after one window and
+  the events to publish; `close(...)` ends an open event now (camera stopped, query removed or changed).
+
+Event ids are deterministic (`event_id_for`: camera, query, the window that opened it), so a window
+processed twice yields the same ids.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class GroundingEvent:
     reason: EndReason | None = None  # `end` events only
 
     def to_dict(self) -> dict:
+        """The wire form (`reason` on `end` events only). Its schema for the HTTP API is `api.schemas.EventAnswer`."""
         d = {
             "schema": self.schema, "type": self.type.value, "event_id": self.event_id, "query_id": self.query_id,
             "camera_id": self.camera_id, "query_text": self.query_text, "score": round(self.score, 4),

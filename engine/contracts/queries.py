@@ -1,5 +1,6 @@
-"""Standing queries: validated frozen records stored in Redis (`HSET <queries> id json`), changes
-announced on a channel so running workers pick them up without restart."""
+"""Standing queries: `QuerySpec`, the one schema of a query (fields, defaults, limits), and `StandingQuery`,
+its validated frozen record, stored in Redis (`HSET <queries> id json`); changes are announced on a channel
+so running workers pick them up without restart."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,12 @@ import re
 import time
 import unicodedata
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.contracts.errors import error_list, error_lines
 from stream.keys import Keys, check_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class QueryExists(KeyError):
 # `QuerySpec` is the only definition of a standing query's fields, defaults and limits: the YAML
 # config (`queries:`), the CLI (`spacevllm query add`), the SDK (`GroundingClient.add_query`) and
 # the HTTP API (`POST /v1/queries`, where its errors become 422s with the field path) all validate
-# through it. `StandingQuery` is its stored, frozen form.
+# through it. `StandingQuery` is its stored, frozen form, with the same fields in the same order and
+# QuerySpec's defaults.
 def _number(name: str, upper: float | None):
     def check(cls, v):
         if v is None and name == "threshold":
@@ -82,8 +85,8 @@ class QuerySpec(BaseModel):
     threshold: float | None = Field(None, description="match score in [0, 1]; null: the model's calibrated default")
     min_duration_s: float = Field(0.0, description="publish `new` only once the span is at least this long")
     cooldown_s: float = Field(4.0, description="end the event after this long without a match")
-    webhooks: list[WebhookSpec] = Field([], description=f"sinks that receive every event of this query (at most {MAX_WEBHOOKS})")
     created_at: float | None = Field(None, description="Unix seconds; set by the server when absent")
+    webhooks: list[WebhookSpec] = Field([], description=f"sinks that receive every event of this query (at most {MAX_WEBHOOKS})")
 
     @field_validator("text", mode="before")
     @classmethod
@@ -123,38 +126,28 @@ class QuerySpec(BaseModel):
         return v
 
 
-def error_list(exc: ValidationError) -> list[dict]:
-    """Pydantic's errors with our wording: `loc` (the field path), `msg`, `type`."""
-    out = []
-    for e in exc.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "missing":
-            msg = "required"
-        out.append({"loc": list(e["loc"]), "msg": msg, "type": e["type"]})
-    return out
-
-
-def _path(loc) -> str:
-    return ".".join(str(x) for x in loc) or "query"
-
-
 @dataclass(frozen=True)
 class Webhook:
     url: str
     secret: str
 
 
+def _default(name: str):
+    """QuerySpec's default of a field: StandingQuery's defaults are declared there, once."""
+    return QuerySpec.model_fields[name].get_default(call_default_factory=True)
+
+
 @dataclass(frozen=True)
 class StandingQuery:
+    """A validated query as stored and run (made by `validate_query` / `from_spec`): id and created_at are set."""
+
     id: str
     text: str
-    cameras: tuple[str, ...] = ("*",)  # ("*",): every camera
-    threshold: float | None = None  # None: the model's calibrated default
-    min_duration_s: float = 0.0
-    cooldown_s: float = 4.0
-    created_at: float = field(default=0.0)
+    cameras: tuple[str, ...] = tuple(_default("cameras"))  # ("*",): every camera
+    threshold: float | None = _default("threshold")  # None: the model's calibrated default
+    min_duration_s: float = _default("min_duration_s")
+    cooldown_s: float = _default("cooldown_s")
+    created_at: float = 0.0
     webhooks: tuple[Webhook, ...] = ()
 
     def applies_to(self, camera_id: str) -> bool:
@@ -185,16 +178,15 @@ def validate_query(data, now: float | None = None) -> StandingQuery:
         try:
             spec = QuerySpec.model_validate(data)
         except ValidationError as exc:
-            errors = error_list(exc)
-            raise QueryError("; ".join(f"{_path(e['loc'])}: {e['msg']}" for e in errors), errors) from None
+            raise QueryError("; ".join(error_lines(exc.errors(), whole="query")), error_list(exc.errors())) from None
     return from_spec(spec, now)
 
 
 def from_spec(spec: QuerySpec, now: float | None = None) -> StandingQuery:
     created = spec.created_at or (now if now is not None else time.time())
-    return StandingQuery(spec.id or f"q-{uuid.uuid4().hex[:10]}", spec.text, tuple(spec.cameras), spec.threshold,
-                         spec.min_duration_s, spec.cooldown_s, float(created),
-                         tuple(Webhook(w.url, w.secret) for w in spec.webhooks))
+    return StandingQuery(id=spec.id or f"q-{uuid.uuid4().hex[:10]}", text=spec.text, cameras=tuple(spec.cameras),
+                         threshold=spec.threshold, min_duration_s=spec.min_duration_s, cooldown_s=spec.cooldown_s,
+                         created_at=float(created), webhooks=tuple(Webhook(w.url, w.secret) for w in spec.webhooks))
 
 
 class QueryRegistry:
@@ -245,6 +237,3 @@ class QueryRegistry:
             except (ValueError, TypeError) as exc:
                 log.error("skipping malformed stored query %r: %s", qid, exc)
         return sorted(out, key=lambda q: (q.created_at, q.id))
-
-    def for_camera(self, camera_id: str) -> list[StandingQuery]:
-        return [q for q in self.all() if q.applies_to(camera_id)]

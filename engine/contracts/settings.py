@@ -1,17 +1,29 @@
-"""Service settings: one YAML file, validated by pydantic with `extra="forbid"` (a typo fails at
-load with the key's path). Secrets (REDIS_URL) come from the environment at load time only."""
+"""Service settings: the one module every role loads its configuration through (`load_service_config`).
+
+One YAML file, validated by pydantic with `extra="forbid"` (a typo fails at load with the key's path).
+The environment is read at load time only: REDIS_URL (a secret), REDIS_CLUSTER and SVL_ENGINE_BACKEND
+override their settings. Ingest's own sections (redis, windows, ingest, cameras) are declared in
+`stream/config.py`, since stream imports nothing of ours; they are re-exported here, so the other roles
+import every section from this module."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from engine.contracts.errors import error_lines
 from engine.contracts.queries import QuerySpec
 from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict, WindowSettings
+
+__all__ = ["ApiSettings", "Backend", "CameraSettings", "ConfigError", "EngineSettings", "IngestSettings", "MediaSettings",
+           "RedisSettings", "ServiceConfig", "Strict", "WindowSettings", "default_data_dir", "load_service_config"]
+
+# auto: onnxruntime when installed (faster on a CPU, bench/backends.py), else torch
+Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 
 DEFAULT_MODEL_DIR = str(Path(__file__).resolve().parents[2] / "models" / "tiny")
 
@@ -26,8 +38,7 @@ def default_data_dir() -> str:
 
 class EngineSettings(Strict):
     model: str = DEFAULT_MODEL_DIR
-    # auto: onnxruntime when installed (faster on a CPU, bench/backends.py), else torch
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    backend: Backend = "auto"
     onnx_dir: str | None = None  # onnxruntime: exported graphs (None: exported once per checkpoint into <data_dir>/onnx)
     engine_dir: str | None = None  # tensorrt: serialized engines + manifest
     group: str = "engines"
@@ -123,7 +134,7 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
     try:
         cfg = ServiceConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = error_lines(exc.errors(), whole="config")
         raise ConfigError(f"{path or 'defaults'}: invalid config\n  " + "\n  ".join(lines)) from None
     overrides = {}
     if os.environ.get("REDIS_URL"):
@@ -137,8 +148,9 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update=overrides)})
     backend = os.environ.get("SVL_ENGINE_BACKEND")
     if backend:
-        if backend not in ("auto", "torch", "onnxruntime", "tensorrt"):
-            raise ConfigError(f"SVL_ENGINE_BACKEND must be auto, torch, onnxruntime or tensorrt, got {backend!r}")
+        names = get_args(Backend)
+        if backend not in names:
+            raise ConfigError(f"SVL_ENGINE_BACKEND must be {', '.join(names[:-1])} or {names[-1]}, got {backend!r}")
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"backend": backend})})
     if cfg.engine.device == "cpu" and cfg.engine.dtype == "float16":
         raise ConfigError(f"{path or 'defaults'}: engine.dtype float16 needs a CUDA device (engine.device is cpu): "

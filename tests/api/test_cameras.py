@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from engine.contracts.settings import CameraSettings, WindowSettings
 from stream.cameras import CameraRegistry
-from stream.config import CameraSettings, WindowSettings
 from stream.ingest import IngestService
 from tests.api.conftest import KEYS
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from engine.contracts.queries import QueryError, QueryRegistry, validate_query
+from dataclasses import fields
+
+from engine.contracts.queries import QueryError, QueryRegistry, QuerySpec, StandingQuery, validate_query
 from stream.keys import Keys
 
 
@@ -40,6 +42,25 @@ def test_validate_query_trims_and_fills_defaults():
     assert (q.text, q.cameras, q.threshold, q.created_at) == ("the red circle", ("*",), None, 5.0)
     assert q.applies_to("anything")
     assert validate_query({"text": "x", "cameras": "c1"}).applies_to("c1") and not validate_query({"text": "x", "cameras": "c1"}).applies_to("c2")
+
+
+def test_standing_query_has_the_specs_fields_in_its_order_and_its_defaults():
+    assert [f.name for f in fields(StandingQuery)] == list(QuerySpec.model_fields)
+    spec, q = QuerySpec(text="x"), StandingQuery("q1", "x")
+    assert (q.cameras, q.threshold, q.min_duration_s, q.cooldown_s) == (tuple(spec.cameras), spec.threshold,
+                                                                        spec.min_duration_s, spec.cooldown_s)
+
+
+def test_stored_query_json_when_written_before_loads_and_is_written_back_the_same(redis_client):
+    # the JSON a registry stored (HSET <queries> id json), byte for byte
+    stored = ('{"id": "red", "text": "the red circle", "cameras": ["cam1"], "threshold": 0.6, "min_duration_s": 0.0, '
+              '"cooldown_s": 4.0, "created_at": 1700000000.0, "webhooks": [{"url": "http://127.0.0.1:9/hook", "secret": "s"}]}')
+    redis_client.hset(Keys().queries(), "red", stored)
+    reg = QueryRegistry(redis_client, Keys())
+    q = reg.get("red")
+    assert q.cameras == ("cam1",) and q.webhooks[0].secret == "s" and q.created_at == 1700000000.0
+    reg.add(q)
+    assert redis_client.hget(Keys().queries(), "red").decode() == stored
 
 
 def test_registry_add_list_remove_and_announce(redis_client):

@@ -14,8 +14,24 @@ def test_a_typo_fails_at_load_with_the_key_path(tmp_path):
     p.write_text("windows:\n  sample_fsp: 2\ncameras:\n  - {id: 'bad id', url: 'file:///x.mp4'}\n")
     with pytest.raises(ConfigError) as err:
         load_service_config(p)
-    assert "windows.sample_fsp: Extra inputs are not permitted" in str(err.value)
+    assert "windows.sample_fsp: unknown field" in str(err.value)
     assert "cameras.0.id" in str(err.value)
+
+
+def test_svl_engine_backend_when_set_overrides_and_when_unknown_names_the_choices(monkeypatch):
+    monkeypatch.setenv("SVL_ENGINE_BACKEND", "torch")
+    assert load_service_config(None).engine.backend == "torch"
+    monkeypatch.setenv("SVL_ENGINE_BACKEND", "tpu")
+    with pytest.raises(ConfigError, match="SVL_ENGINE_BACKEND must be auto, torch, onnxruntime or tensorrt, got 'tpu'"):
+        load_service_config(None)
+
+
+def test_ingest_sections_are_reexported_so_roles_load_every_section_from_settings():
+    import stream.config
+    from engine.contracts import settings
+
+    for name in ("CameraSettings", "IngestSettings", "RedisSettings", "WindowSettings"):
+        assert getattr(settings, name) is getattr(stream.config, name) and name in settings.__all__
 
 
 def test_redis_url_comes_from_the_environment_at_load_time(tmp_path, monkeypatch):
@@ -73,7 +89,7 @@ def test_the_data_dir_defaults_to_svl_data_dir_then_the_user_data_dir(tmp_path, 
 
 
 @pytest.mark.parametrize("engine, message", [
-    ("{device: gpu}", "engine.device: Value error, must be auto, cpu, cuda or cuda:N"),
+    ("{device: gpu}", "engine.device: must be auto, cpu, cuda or cuda:N"),
     ("{dtype: float64}", "engine.dtype: Input should be 'float32', 'float16' or 'bfloat16'"),
     ("{device: cpu, dtype: float16}", "engine.dtype float16 needs a CUDA device"),
 ])
