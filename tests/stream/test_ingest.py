@@ -1,13 +1,16 @@
 """Ingest with real parts: real Redis, real H.264 through PyAV, a real RTSP server."""
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
 
 import pytest
 
-from stream.config import CameraSettings, WindowSettings
+from stream.cameras import CameraRegistry
+from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.ingest import IngestService
 from stream.keys import Keys
@@ -168,3 +171,109 @@ def test_camera_worker_when_the_input_size_was_not_resolved_refuses_naming_the_s
 
     with pytest.raises(ValueError, match="windows.input_size is not set"):
         CameraWorker(CameraSettings(id="c", url="synthetic://demo"), WindowSettings(), redis_client, Keys(), threading.Event())
+
+
+def _registry_ingest(client, seed, **settings):
+    svc = IngestService(client, KEYS, seed, WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1, input_size=32),
+                        IngestSettings(**settings), registry=CameraRegistry(client, KEYS), reload_s=0.2)
+    t = threading.Thread(target=svc.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    return svc, t
+
+
+def _everything_in(client) -> bytes:
+    """Every key and value in the database, as bytes (strings, hashes, sets, streams)."""
+    out = []
+    for k in client.scan_iter(count=500):
+        kind = client.type(k)
+        out.append(k)
+        if kind == b"string":
+            out.append(client.get(k) or b"")
+        elif kind == b"hash":
+            out += [x for kv in client.hgetall(k).items() for x in kv]
+        elif kind == b"set":
+            out += list(client.smembers(k))
+        elif kind == b"stream":
+            out += [x for _, f in client.xrange(k) for kv in f.items() for x in kv]
+    return b"\n".join(x if isinstance(x, bytes) else str(x).encode() for x in out)
+
+
+def test_ingest_when_a_configured_camera_with_a_password_keeps_failing_then_the_password_is_nowhere(redis_client, caplog):
+    # given a configured camera whose password holds '#' and '/', on a port where nothing listens, beside a good one
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    secret = "s3cr#t/pw"
+    bad = CameraSettings(id="door", url=f"rtsp://admin:{secret}@127.0.0.1:{port}/live", open_timeout_s=1.0,
+                         backoff_initial_s=0.1, backoff_max_s=0.2)
+    good = CameraSettings(id="good", url="synthetic://demo?fps=10")
+    caplog.set_level(logging.DEBUG)
+    # when ingest runs them (the registry seeded from the config) and the bad one reconnects a few times
+    svc, t = _registry_ingest(redis_client, [bad, good])
+    try:
+        assert _wait(lambda: (h := _health(redis_client, "door")) and h.reconnects >= 3, 20)
+        assert _wait(lambda: (h := _health(redis_client, "good")) and h.windows >= 2, 20)
+        # then the health says what is wrong, without the password; neither the logs nor Redis hold it
+        assert "cannot open" in _health(redis_client, "door").last_error
+        assert "***" in _health(redis_client, "door").last_error
+        for form in (secret, "s3cr%23t%2Fpw"):
+            assert form not in caplog.text
+            assert form.encode() not in _everything_in(redis_client)
+        # and the configured camera is the one that runs (its credentials from the config, not from Redis)
+        assert svc._running["door"][0].url == bad.url
+    finally:
+        svc.stop_event.set()
+        t.join(15)
+
+
+def test_ingest_when_a_camera_url_is_invalid_in_the_registry_then_the_others_keep_running(redis_client, caplog):
+    # given a stored camera whose port is out of range (written past validation, e.g. by an older version)
+    good = CameraSettings(id="good", url="synthetic://demo?fps=10")
+    redis_client.hset(KEYS.camera_configs(), "bad", json.dumps({"id": "bad", "url": "http://admin:pw@127.0.0.1:99999/x"}))
+    # when ingest follows the registry
+    svc, t = _registry_ingest(redis_client, [good])
+    try:
+        # then the good camera runs, the bad one is skipped with one clear line (its password not shown), ingest lives
+        assert _wait(lambda: (h := _health(redis_client, "good")) and h.windows >= 2, 20)
+        assert _wait(lambda: "skipping stored camera 'bad'" in caplog.text, 10)
+        assert "Port out of range" in caplog.text and ":pw@" not in caplog.text
+        assert caplog.text.count("skipping stored camera 'bad'") == 1  # once, not at every reload
+        assert t.is_alive()
+    finally:
+        svc.stop_event.set()
+        t.join(15)
+
+
+def test_ingest_when_a_file_camera_is_added_at_run_time_outside_the_file_roots_then_it_is_refused(redis_client, tmp_path,
+                                                                                                   h264_file, caplog):
+    # given file roots holding one directory, and two cameras added at run time: one inside, one outside
+    inside = tmp_path / "cams"
+    inside.mkdir()
+    (inside / "clip.mp4").write_bytes(h264_file.read_bytes())
+    svc, t = _registry_ingest(redis_client, [], file_roots=[str(inside)])
+    try:
+        reg = CameraRegistry(redis_client, KEYS)
+        reg.add(CameraSettings(id="inside", url=f"file://{inside}/clip.mp4", loop=True))
+        reg.add(CameraSettings(id="outside", url=f"file://{inside}/../{h264_file.name}"))
+        # then the camera inside plays, the one outside is refused with one line naming the setting
+        assert _wait(lambda: (h := _health(redis_client, "inside")) and h.windows >= 1, 20)
+        assert _wait(lambda: "refused" in caplog.text and "ingest.file_roots" in caplog.text, 10)
+        assert "outside" not in svc._running and _health(redis_client, "outside") is None
+    finally:
+        svc.stop_event.set()
+        t.join(15)
+
+
+def test_file_camera_when_the_file_is_text_then_it_fails_and_shows_nothing_of_it(redis_client, tmp_path):
+    # given a text file (FFmpeg's tty demuxer would render it into frames)
+    key = tmp_path / "notes.nfo"
+    key.write_text("-----BEGIN PGP PRIVATE KEY BLOCK-----\nverysecret\n")
+    cam = CameraSettings(id="text", url=f"file://{key}", realtime=False)
+    # when ingested
+    IngestService(redis_client, KEYS, [cam], WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1,
+                                                             input_size=32)).run(install_signals=False)
+    # then it failed as not a video, and no frame or preview was stored
+    h = _health(redis_client, "text")
+    assert h.state is CameraState.FAILED and "not a video or image file" in h.last_error
+    assert list(redis_client.scan_iter(KEYS.frame_pattern("text"))) == []
