@@ -58,8 +58,21 @@ def redis_server_binary(prefer_system: bool = False) -> str:
 
 
 SERVICE_USER = "svl"
-# everything but administration; `info` (read-only stats) and the CLIENT subcommands a client library sends on connect
-SERVICE_ACL = "~* &* +@all -@admin -@dangerous +info +client|setname +client|getname +client|id"
+# everything but administration, scripting (EVAL, SCRIPT FLUSH, FUNCTION: the service runs no scripts, and a script
+# can stall the server) and the key-wide destructive commands (@dangerous: FLUSHALL, FLUSHDB, KEYS, ...); `info`
+# (read-only stats) and the CLIENT subcommands a client library sends on connect
+SERVICE_ACL = "~* &* +@all -@admin -@dangerous -@scripting +info +client|setname +client|getname +client|id"
+
+
+def private_dir(path: Path) -> Path:
+    """A directory only its owner can enter (0700), made so or tightened if it exists (state written by an older
+    version, or by hand)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    for p in path.rglob("*"):  # what an older version left readable
+        if not p.is_symlink():
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)
+    return path
 
 
 def write_secret_file(path: Path, value: str) -> None:
@@ -117,7 +130,7 @@ class EmbeddedRedis:
               prefer_system: bool = False, timeout_s: float = 10.0, maxmemory: str | None = None,
               auth: bool = False) -> "EmbeddedRedis":
         d = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="spacevllm-redis-"))
-        d.mkdir(parents=True, exist_ok=True)
+        private_dir(d)  # the AOF holds camera URLs and webhook secrets
         claim_data_dir(d)
         port = port or free_port()
         args = [redis_server_binary(prefer_system), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d),
@@ -160,10 +173,12 @@ class EmbeddedRedis:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies, so a killed service leaves no server behind."""
+    """In the child before exec: SIGTERM when the parent dies, so a killed service leaves no server behind; files it
+    creates (the AOF, its log) readable by the owner only."""
     import ctypes
     import signal
 
+    os.umask(0o077)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:

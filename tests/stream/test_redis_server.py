@@ -2,6 +2,8 @@
 user that cannot run administrative commands; the password never on a command line."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -10,7 +12,9 @@ from redis.retry import Retry
 from stream.redis_server import EmbeddedRedis, connect
 
 ADMIN = [("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "GET", "dir"), ("SAVE",), ("BGSAVE",), ("SHUTDOWN", "NOSAVE"),
-         ("FLUSHALL",), ("DEBUG", "OBJECT", "x"), ("MODULE", "LIST"), ("ACL", "SETUSER", "x", "on")]
+         ("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("DEBUG", "OBJECT", "x"), ("MODULE", "LIST"), ("ACL", "SETUSER", "x", "on"),
+         # scripting: a bounded Lua loop stalls the whole server; the service runs no scripts
+         ("EVAL", "local i = 0 while i < 1e9 do i = i + 1 end", "0"), ("SCRIPT", "FLUSH"), ("EVALSHA", "0" * 40, "0")]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def test_service_user_when_doing_its_work_then_allowed(secured):
     pipe.multi()
     pipe.set("f", "y")
     pipe.execute()
-    assert c.eval("return redis.call('get', KEYS[1])", 1, "f") == b"y"
+    assert c.get("f") == b"y"
     assert list(c.scan_iter("q*")) == [b"q"] and c.xinfo_groups("s")
 
 
@@ -72,3 +76,22 @@ def test_start_when_restarted_on_the_same_dir_then_same_password(tmp_path):
         assert again.password == password and connect(again.url).ping()
     finally:
         again.stop()
+
+
+def test_start_when_the_data_dir_was_left_readable_then_it_and_the_aof_become_owner_only(tmp_path):
+    # given a data dir an older version left world-readable, with an AOF
+    d = tmp_path / "redis"
+    d.mkdir(mode=0o755)
+    (d / "appendonly.aof").write_text("")
+    os.chmod(d / "appendonly.aof", 0o644)
+    # when the embedded server starts on it (and writes)
+    server = EmbeddedRedis.start(d, appendonly=True, auth=True)
+    try:
+        connect(server.url).set("k", "v")
+    finally:
+        server.stop()
+    # then the directory is 0700 and every file in it (AOF, password, ACL, log) 0600
+    assert oct(d.stat().st_mode & 0o777) == "0o700"
+    files = [p for p in d.rglob("*") if p.is_file()]
+    assert files and all(oct(p.stat().st_mode & 0o777) == "0o600" for p in files), \
+        {str(p.relative_to(d)): oct(p.stat().st_mode & 0o777) for p in files}
