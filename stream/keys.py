@@ -148,6 +148,13 @@ class Keys:
     def heartbeat_pattern(self, role: str) -> str:
         return f"{self.prefix}heartbeat:{role}:*"
 
+    def role_status(self, role: str, supervisor: str) -> str:
+        """What a supervisor says of a role it runs (running, restarting after a crash, down, with the error)."""
+        return f"{self.prefix}status:{role}:{supervisor}"
+
+    def role_status_pattern(self) -> str:
+        return f"{self.prefix}status:*"
+
     def camera_configs(self) -> str:
         """Hash camera id -> CameraSettings JSON: the cameras ingest runs (the YAML seeds it, the API edits it)."""
         return f"{self.prefix}camera_configs"

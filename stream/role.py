@@ -174,3 +174,136 @@ class RoleLoop:
                 if self.heartbeat is not None:
                     self.heartbeat.clear()
 
+
+
+# ---- supervision ----------------------------------------------------------------------------
+ROLES = ("ingest", "engine", "media", "webhooks")  # the long-running roles readiness and metrics report on
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    """A supervisor's word on one role it runs: `running`, `restarting` (it died; restarted after a backoff) or `down`
+    (given up, or not restartable), with the last error and how often it was restarted."""
+
+    role: str
+    supervisor: str
+    state: str
+    error: str = ""
+    restarts: int = 0
+    since: float = 0.0  # when the current state began (Unix s)
+
+    def to_json(self) -> str:
+        return json.dumps({"role": self.role, "supervisor": self.supervisor, "state": self.state, "error": self.error,
+                           "restarts": self.restarts, "since": round(self.since, 3)})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "RoleStatus":
+        d = json.loads(raw)
+        return cls(str(d["role"]), str(d["supervisor"]), str(d["state"]), str(d.get("error", "")),
+                   int(d.get("restarts", 0)), float(d.get("since", 0.0)))
+
+
+class StatusBoard:
+    """Where supervisors record their roles' states in Redis (TTL: a supervisor that is gone says nothing), and
+    where `/readyz` and `/metrics` read them. Writing never raises: supervision must not die of an outage."""
+
+    TTL_S = 30
+
+    def __init__(self, client: redis.Redis, keys: Keys, supervisor: str) -> None:
+        self.client = require_client(client, "StatusBoard")
+        self.keys = keys
+        self.supervisor = supervisor
+        self.current: dict[str, RoleStatus] = {}
+
+    def set(self, role: str, state: str, error: str = "", restarts: int | None = None) -> RoleStatus:
+        old = self.current.get(role)
+        st = RoleStatus(role, self.supervisor, state, error,
+                        restarts if restarts is not None else (old.restarts if old else 0),
+                        old.since if old and old.state == state else time.time())
+        self.current[role] = st
+        self.publish(st)
+        return st
+
+    def publish(self, st: RoleStatus | None = None) -> None:
+        """Write one status (or refresh all of this supervisor's); called at every change and periodically."""
+        try:
+            for s in [st] if st is not None else list(self.current.values()):
+                self.client.set(self.keys.role_status(s.role, s.supervisor), s.to_json(), ex=self.TTL_S)
+        except redis.RedisError as exc:
+            log.debug("role status not written: %s", exc)
+
+    def clear(self, role: str | None = None) -> None:
+        """Forget a role (a clean stop), or every role of this supervisor."""
+        for r in [role] if role is not None else list(self.current):
+            self.current.pop(r, None)
+            try:
+                self.client.delete(self.keys.role_status(r, self.supervisor))
+            except redis.RedisError:
+                pass
+
+    @staticmethod
+    def read(client: redis.Redis, keys: Keys) -> list[RoleStatus]:
+        out = []
+        for k in client.scan_iter(keys.role_status_pattern(), count=100):
+            raw = client.get(k)
+            if raw:
+                try:
+                    out.append(RoleStatus.from_json(raw))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return sorted(out, key=lambda s: (s.role, s.supervisor))
+
+
+def restart_delay(restarts: int, initial_s: float = 1.0, max_s: float = 30.0) -> float:
+    """Capped exponential backoff between restarts of a role that keeps dying (no jitter: one supervisor per role)."""
+    return min(max_s, initial_s * 2 ** min(restarts, 10))
+
+
+class Keeper:
+    """Runs a role in a thread and keeps it running: when its `run()` raises, or returns while not asked to stop,
+    the error is logged, the role is recorded `restarting` on the board, and it is started again after a capped
+    backoff (`restart_delay`). A role that ran a while before dying starts again from the shortest delay."""
+
+    STABLE_S = 60.0
+
+    def __init__(self, name: str, run: Callable[[], None], stop: threading.Event, board: StatusBoard | None = None,
+                 initial_s: float = 1.0, max_s: float = 30.0) -> None:
+        self.name = name
+        self.run = run
+        self.stop = stop
+        self.board = board
+        self.initial_s, self.max_s = initial_s, max_s
+        self.restarts = 0
+        self.last_error = ""
+        self.thread = threading.Thread(target=self._keep, name=f"{name}-keeper", daemon=True)
+
+    def start(self) -> "Keeper":
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def _keep(self) -> None:
+        streak = 0  # restarts in a row without a stable run
+        while not self.stop.is_set():
+            if self.board is not None:
+                self.board.set(self.name, "running", self.last_error, self.restarts)
+            started = time.monotonic()
+            try:
+                self.run()
+                if self.stop.is_set():
+                    break
+                self.last_error = "it stopped by itself"
+            except Exception as exc:  # whatever ended the role, the keeper outlives it
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            streak = 0 if time.monotonic() - started >= self.STABLE_S else streak + 1
+            self.restarts += 1
+            delay = restart_delay(streak - 1, self.initial_s, self.max_s)
+            log.error("%s stopped unexpectedly (%s); restarting in %.0f s (restart %d)", self.name, self.last_error,
+                      delay, self.restarts, exc_info=log.isEnabledFor(logging.DEBUG))
+            if self.board is not None:
+                self.board.set(self.name, "restarting", self.last_error, self.restarts)
+            self.stop.wait(delay)
+        if self.board is not None:
+            self.board.clear(self.name)
