@@ -25,10 +25,11 @@ from engine.contracts.queries import QueryRegistry
 from engine.contracts.settings import ApiSettings
 from stream.cameras import CameraRegistry
 from stream.keys import Keys
+from stream.role import ROLES, StatusBoard
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_ROLES = ("engine", "ingest")
+REQUIRED_ROLES = ("engine", "ingest")  # without one of each, nothing is grounded
 
 
 def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None,
@@ -76,16 +77,20 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
     @app.get("/readyz", tags=["health"], response_model=Readiness,
              responses={503: {"model": Readiness, "description": "not ready (the answer says what is missing)"}})
     def readyz(c: ApiContext = Depends(ctx)) -> JSONResponse:
-        """Redis reachable, and at least one engine and one ingest worker with a fresh heartbeat."""
-        out: dict = {"redis": False, "workers": {}}
+        """Redis reachable, at least one engine and one ingest worker with a fresh heartbeat, and no role that its
+        supervisor reports restarting or down (`down` names each, with its error)."""
+        out: dict = {"redis": False, "workers": {}, "down": []}
         try:
             c.client.ping()
             out["redis"] = True
-            for role in HEARTBEAT_ROLES:
+            for role in ROLES:
                 out["workers"][role] = sum(1 for _ in c.client.scan_iter(keys.heartbeat_pattern(role), count=100))
+            out["down"] = [{"role": s.role, "state": s.state, "error": s.error, "restarts": s.restarts, "since": s.since,
+                            "supervisor": s.supervisor}
+                           for s in StatusBoard.read(c.client, keys) if s.state != "running"]
         except redis.RedisError as exc:
             out["error"] = f"Redis unavailable: {type(exc).__name__}"
-        ready = out["redis"] and all(out["workers"].get(r, 0) > 0 for r in HEARTBEAT_ROLES)
+        ready = out["redis"] and all(out["workers"].get(r, 0) > 0 for r in REQUIRED_ROLES) and not out["down"]
         out["status"] = "ready" if ready else "not ready"
         return JSONResponse(out, status_code=200 if ready else 503)
 

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from engine.contracts.telemetry import LATENCY_BUCKETS, WINDOW_BUCKETS, parse_field
 from stream.health import CameraState, read_health
 from stream.keys import Keys
+from stream.role import ROLES, StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "svl_webhook_deliveries_total": ("counter", "Webhook deliveries by final result (delivered, gave_up)", ("result",)),
     "svl_webhook_attempt_failures_total": ("counter", "Failed webhook attempts (each retry counts)", ()),
     "svl_workers": ("gauge", "Workers with a fresh heartbeat, by role", ("role",)),
+    "svl_role_up": ("gauge", "1 while a supervised role runs, 0 while its supervisor restarts it or gave up", ("role", "supervisor")),
+    "svl_role_restarts": ("gauge", "Times the supervisor restarted the role since it started", ("role", "supervisor")),
     "svl_api_requests_total": ("counter", "HTTP requests served by this API process", ("method", "route", "status")),
     "svl_api_event_streams": ("gauge", "Open SSE event streams on this API process", ()),
 }
@@ -85,8 +88,11 @@ class RedisCollector:
             self._telemetry(fam, "engine")
             self._telemetry(fam, "webhooks")
             self._groups(fam)
-            for role in ("engine", "ingest"):
+            for role in ROLES:
                 fam["svl_workers"].add_metric([role], sum(1 for _ in self.client.scan_iter(self.keys.heartbeat_pattern(role), count=100)))
+            for st in StatusBoard.read(self.client, self.keys):
+                fam["svl_role_up"].add_metric([st.role, st.supervisor], 1.0 if st.state == "running" else 0.0)
+                fam["svl_role_restarts"].add_metric([st.role, st.supervisor], st.restarts)
         except redis.RedisError as exc:
             log.warning("metrics: Redis unavailable: %s", exc)
         fam["svl_api_event_streams"].add_metric([], self.open_streams())

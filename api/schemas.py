@@ -54,9 +54,20 @@ class Health(Answer):
     status: Literal["ok"]
 
 
+class RoleDown(Answer):
+    role: str
+    state: Literal["restarting", "down"] = Field(..., description="restarting: it died and its supervisor restarts it")
+    error: str = Field(..., description="why it stopped, as its supervisor saw it")
+    restarts: int
+    since: float = Field(..., description="Unix seconds: when it entered this state")
+    supervisor: str
+
+
 class Readiness(Answer):
     redis: bool
-    workers: dict[str, int] = Field(..., description="workers with a fresh heartbeat, by role")
+    workers: dict[str, int] = Field(..., description="workers with a fresh heartbeat, by role (ingest, engine, media, "
+                                                     "webhooks); ingest and engine are required")
+    down: list[RoleDown] = Field(default_factory=list, description="roles their supervisor reports not running")
     error: str | None = Field(None, description="present when Redis is unreachable")
     status: Literal["ready", "not ready"]
 

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import METRICS
 from engine.contracts.telemetry import EngineTelemetry, RedisCounters, field_name
 from stream.health import CameraHealth, CameraState
+from stream.role import StatusBoard
 from tests.api.conftest import KEYS
 from tests.api.events_helpers import make_event
 
@@ -52,6 +53,8 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     redis_client.xgroup_create(stream, "engines", id="0")
     redis_client.xreadgroup("engines", "w1", {stream: ">"}, count=2)
     redis_client.set(KEYS.heartbeat("engine", "w1"), "x", ex=10)
+    board = StatusBoard(redis_client, KEYS, "up-1")
+    board.set("media", "restarting", "RuntimeError: disk full", restarts=2)
     # when /metrics is scraped
     with api.client("read") as http:
         http.get("/v1/queries")
@@ -83,11 +86,14 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     assert got[("svl_webhook_deliveries_total", (("result", "delivered"),))] == 4
     assert got[("svl_webhook_attempt_failures_total", ())] == 2
     assert got[("svl_workers", (("role", "engine"),))] == 1 and got[("svl_workers", (("role", "ingest"),))] == 0
+    assert got[("svl_workers", (("role", "media"),))] == 0 and got[("svl_workers", (("role", "webhooks"),))] == 0
+    assert got[("svl_role_up", (("role", "media"), ("supervisor", "up-1")))] == 0
+    assert got[("svl_role_restarts", (("role", "media"), ("supervisor", "up-1")))] == 2
     assert any(n == "svl_api_requests_total" and dict(lab).get("route") == "/v1/queries" for n, lab in got)
     assert {n for n, _ in got} >= sample_names()
     # and no high-cardinality label
     assert {k for _, lab in got for k, _ in lab} <= {"camera", "reason", "state", "type", "result", "role", "le",
-                                                      "method", "route", "status"}
+                                                      "method", "route", "status", "supervisor"}
 
 
 def test_deploy_files_when_read_then_use_only_exported_names():
