@@ -483,7 +483,7 @@ def wrap_for_ranks(model: SpaceVLLM, group: ProcessGroup, settings: TrainSetting
         return model
     if settings.fsdp:
         # One FSDP unit per transformer layer; use_orig_params for the mix of frozen and trainable parameters
-        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/test_train_distributed.py); on CUDA
+        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/training/test_train_distributed.py); on CUDA
         # fp16 would want FSDP's ShardedGradScaler (bf16 needs no scaler).
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
