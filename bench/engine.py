@@ -111,6 +111,7 @@ def batching(client, model, repeats: int) -> list[tuple[str, float, float]]:
     """(backend, ms per window one at a time, ms per window in a batch of 8), medians of interleaved repeats."""
     from engine.contracts.queries import StandingQuery
     from engine.serving.runtime import build_backend
+    from export.onnx_export import export_onnx
 
     keys = Keys("bat:")
     cams = [CameraSettings(id=f"c{k}", url=f"synthetic://demo?fps=10&realtime=0&seconds=12&epoch={1000 + 3 * k}") for k in range(8)]
@@ -123,7 +124,7 @@ def batching(client, model, repeats: int) -> list[tuple[str, float, float]]:
     queries = [StandingQuery(f"q{k}", QUERIES[k]) for k in range(4)]
     rows = []
     for name in ("torch", "onnxruntime"):
-        backend = build_backend(name, model)
+        backend = build_backend(name, model, export=export_onnx)
         g = WindowGrounder(model, backend, keys)
         g.ground_many([(w, f, queries) for w, f in zip(windows, frames)])  # frames cached: only grounding is timed
         one, many = [], []

@@ -29,6 +29,7 @@ from engine.contracts.queries import StandingQuery  # noqa: E402
 from engine.serving.runtime import build_backend  # noqa: E402
 from engine.contracts.settings import DEFAULT_MODEL_DIR, EngineSettings  # noqa: E402
 from stream.imagecodec import decode_image, encode_image, resize  # noqa: E402
+from export.onnx_export import export_onnx  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
 from stream.store import WindowStore  # noqa: E402
@@ -129,7 +130,7 @@ def main() -> None:
 
         # ---- engine ----
         model = load_model(DEFAULT_MODEL_DIR)
-        backend = build_backend(args.backend, model)
+        backend = build_backend(args.backend, model, export=export_onnx)
         grounder = WindowGrounder(model, backend, keys)
         rows.append(("Redis: MGET a window's 16 frames", per_call(lambda: store.load_frames(win), args.repeats, 20) * 1000, windows_per_s))
         rows.append(("engine: PNG decode of 4 new frames", per_call(lambda: [decode_image(png) for _ in range(4)], args.repeats, 20) * 1000,

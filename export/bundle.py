@@ -9,7 +9,8 @@ import tarfile
 from pathlib import Path
 
 from engine.model.config import SpaceVLLMConfig
-from export.onnx_export import DECODER_FILE, MANIFEST, VISION_FILE, validate_manifest
+from engine.model.graphs import (DECODER_ENGINE, DECODER_FILE, ENGINE_FORMAT, ENGINE_MANIFEST, MANIFEST, VISION_ENGINE,
+                                 VISION_FILE, validate_manifest)
 from export.tensorrt import default_profile
 
 TARGETS = {
@@ -40,9 +41,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
 [ -x "$TRTEXEC" ] || {{ echo "trtexec not found: install TensorRT (JetPack on Jetson) or set TRTEXEC"; exit 1; }}
-"$TRTEXEC" --onnx={VISION_FILE} --saveEngine=vision_encoder.plan {flags} --memPoolSize=workspace:{workspace_mib} \\
+"$TRTEXEC" --onnx={VISION_FILE} --saveEngine={VISION_ENGINE} {flags} --memPoolSize=workspace:{workspace_mib} \\
   --minShapes={vis[0]} --optShapes={vis[1]} --maxShapes={vis[2]}
-"$TRTEXEC" --onnx={DECODER_FILE} --saveEngine=space_decoder.plan {flags.replace('--int8 ', '').replace(' --calib=calibration.cache', '')} --memPoolSize=workspace:{workspace_mib} \\
+"$TRTEXEC" --onnx={DECODER_FILE} --saveEngine={DECODER_ENGINE} {flags.replace('--int8 ', '').replace(' --calib=calibration.cache', '')} --memPoolSize=workspace:{workspace_mib} \\
   --minShapes={dec[0]} --optShapes={dec[1]} --maxShapes={dec[2]}
 python3 - <<'PY'
 import json, subprocess
@@ -51,9 +52,9 @@ try:
     import tensorrt; version = tensorrt.__version__
 except ImportError:
     version = subprocess.check_output(["bash", "-c", "dpkg-query -W -f='${{Version}}' tensorrt 2>/dev/null || echo unknown"], text=True).strip()
-m = json.load(open("manifest.json"))
-json.dump({{"format": "spacevllm-trt/1", "tensorrt": version, "gpu": {{"name": name, "compute_capability": cc}},
-           "precision": "{precision}", "onnx_manifest": m}}, open("trt_manifest.json", "w"), indent=2)
+m = json.load(open("{MANIFEST}"))
+json.dump({{"format": "{ENGINE_FORMAT}", "tensorrt": version, "gpu": {{"name": name, "compute_capability": cc}},
+           "precision": "{precision}", "onnx_manifest": m}}, open("{ENGINE_MANIFEST}", "w"), indent=2)
 print("engines built:", name, cc, version)
 PY
 """

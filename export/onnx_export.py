@@ -1,5 +1,7 @@
 """ONNX export of the two parts that run outside PyTorch: the vision encoder (+ projector + pooling)
-and the space decoder. Dynamic frame count, batch and question length; a manifest beside them."""
+and the space decoder. Dynamic frame count, batch and question length; a manifest beside them.
+File names, the manifest's check and the export cache are the graphs' contract, shared with the runtime:
+`engine/model/graphs.py`."""
 from __future__ import annotations
 
 import json
@@ -13,19 +15,18 @@ import onnx
 import torch
 from torch import nn
 
-from engine.model.preprocess import preprocessor_of
-from engine.model.checkpoint import file_sha256, load_model
+from engine.model.checkpoint import load_model
 from engine.model.config import DECODER_MAX_PAIRS
+from engine.model.graphs import (DECODER_FILE, DECODER_INPUTS, DECODER_OUTPUTS, MANIFEST, ONNX_FORMAT, OPSET, VISION_FILE,
+                                 ManifestError, validate_manifest)
+from engine.model.model_dir import file_sha256
+from engine.model.preprocess import frames_to_pixels, preprocessor_of
 from engine.model.spacevllm import SpaceVLLM
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
-VISION_FILE = "vision_encoder.onnx"
-DECODER_FILE = "space_decoder.onnx"
-MANIFEST = "manifest.json"
-DECODER_INPUTS = ["stq_states", "visual_tokens", "question_states", "question_mask"]
-DECODER_OUTPUTS = ["boxes_cxcywh", "presence_logits", "heatmap_logits"]
+# the export tool's callers (the CLI) also read the manifest's check here
+__all__ = ["ExportResult", "ManifestError", "export_onnx", "parity", "validate_manifest"]
 
 
 class VisionGraph(nn.Module):
@@ -98,7 +99,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, progress=lambda msg: Non
         graphs[name] = {**_io(proto), "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                         "sha256": file_sha256(out / name)}
     manifest = {
-        "format": "spacevllm-onnx/1",
+        "format": ONNX_FORMAT,
         "exporter": f"torch.onnx (dynamo) {torch.__version__}, onnx {onnx.__version__}",
         "opset": OPSET,
         "source_checkpoint": {"path": str(Path(model_dir).resolve()), "sha256": file_sha256(Path(model_dir) / "model.safetensors")},
@@ -112,39 +113,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, progress=lambda msg: Non
     return ExportResult(out, manifest)
 
 
-class ManifestError(ValueError):
-    """An export directory that does not match what loads it; the message says what."""
-
-
-def validate_manifest(onnx_dir: str | Path, model_dir: str | Path | None = None, check_hashes: bool = True) -> dict:
-    d = Path(onnx_dir)
-    path = d / MANIFEST
-    if not path.is_file():
-        raise ManifestError(f"{d}: missing {MANIFEST} (export with `spacevllm export onnx`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not JSON ({exc})") from None
-    if manifest.get("format") != "spacevllm-onnx/1":
-        raise ManifestError(f"{path}: unknown format {manifest.get('format')!r}")
-    if manifest.get("opset") != OPSET:
-        raise ManifestError(f"{path}: opset {manifest.get('opset')} but this runtime expects {OPSET}; re-export")
-    for name in (VISION_FILE, DECODER_FILE):
-        if not (d / name).is_file():
-            raise ManifestError(f"{d}: missing {name}")
-        if check_hashes and file_sha256(d / name) != manifest["graphs"][name]["sha256"]:
-            raise ManifestError(f"{d / name}: sha256 differs from the manifest (file changed after export)")
-    if model_dir is not None:
-        want = file_sha256(Path(model_dir) / "model.safetensors")
-        if manifest["source_checkpoint"]["sha256"] != want:
-            raise ManifestError(f"{d}: exported from a different checkpoint than {model_dir} (sha256 mismatch); re-export")
-    return manifest
-
-
 def parity(model_dir: str | Path, onnx_dir: str | Path, frame_counts=(1, 4, 16), real_frames: np.ndarray | None = None,
            seed: int = 0) -> dict[str, float]:
-    """Max abs difference ONNX Runtime (CPU) vs PyTorch, per graph, over random (and real) inputs."""
-    import onnxruntime as ort
+    """Max abs difference ONNX Runtime (CPU) vs PyTorch, per graph, over random (and real) frames (N, S, S, 3)."""
+    import onnxruntime as ort  # optional (the `cpu` / `gpu` extras): only the parity check needs it here
 
     model = load_model(model_dir)
     d = Path(onnx_dir)
@@ -156,7 +128,7 @@ def parity(model_dir: str | Path, onnx_dir: str | Path, frame_counts=(1, 4, 16),
     worst = {"vision_encoder": 0.0, "space_decoder": 0.0}
     inputs = [torch.rand(n, 3, s, s, generator=g) for n in frame_counts]
     if real_frames is not None:
-        inputs.append(torch.from_numpy(real_frames).permute(0, 3, 1, 2).float() / 255.0)
+        inputs.append(frames_to_pixels(real_frames))
     with torch.no_grad():
         for px in inputs:
             ref = model.encode_frames(px)

@@ -1,14 +1,13 @@
 """TensorRT engines from the exported ONNX graphs, through TensorRT's Python API.
 
 Engines are tied to a GPU architecture and a TensorRT version; the manifest beside them
-records both, and the runtime refuses a mismatch. INT8 calibration reads real frames
-(a video file, or frames referenced by windows in Redis).
+records both, and the runtime refuses a mismatch (`engine/model/graphs.py`: the check both sides share).
+INT8 calibration reads real frames (a video file, or frames referenced by windows in Redis).
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,45 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from engine.model.config import DECODER_MAX_PAIRS, SpaceVLLMConfig
+from engine.model.graphs import (DECODER_ENGINE, DECODER_FILE, ENGINE_FORMAT, ENGINE_MANIFEST, VISION_ENGINE, VISION_FILE,
+                                 TensorRTUnavailable, require_tensorrt, validate_manifest)
+from engine.model.preprocess import ImagePreprocessor, Resample
+from stream.redis_server import connect
 
 log = logging.getLogger(__name__)
 
-ENGINE_MANIFEST = "trt_manifest.json"
-
-
-class TensorRTUnavailable(RuntimeError):
-    """No GPU or no TensorRT here; the message says which is missing."""
-
-
-def require_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise TensorRTUnavailable("TensorRT is not installed: pip install '.[tensorrt]' on a host with an NVIDIA GPU") from None
-    gpu = gpu_info()
-    if gpu is None:
-        raise TensorRTUnavailable("no CUDA GPU is visible (TensorRT engines are built on the GPU they run on)")
-    return trt, gpu
-
-
-def gpu_info() -> dict | None:
-    """Name and compute capability of GPU 0, or None without a CUDA GPU."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except Exception:  # a broken CUDA install reads as "no GPU"
-        log.debug("torch.cuda probe failed", exc_info=True)
-    if shutil.which("nvidia-smi"):
-        import subprocess
-
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip():
-            name, cc = [x.strip() for x in r.stdout.splitlines()[0].split(",")]
-            return {"name": name, "compute_capability": cc}
-    return None
+# the export tool's callers (the CLI) also find whether TensorRT is usable here
+__all__ = ["Profile", "TensorRTUnavailable", "build_engines", "calibration_frames_from_redis", "calibration_frames_from_video",
+           "default_profile", "manifest_preprocessor", "require_tensorrt"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +43,8 @@ def default_profile(model_config: dict) -> Profile:
     return Profile(frames=(1, max_frames, max_frames), batch=(1, 64, DECODER_MAX_PAIRS), question_len=(1, 16, max_q))
 
 
-def manifest_preprocessor(manifest: dict):
+def manifest_preprocessor(manifest: dict) -> ImagePreprocessor:
     """The preprocessing the vision graph was exported for (manifests before it was recorded: the config's rule)."""
-    from engine.model.config import SpaceVLLMConfig
-    from engine.model.preprocess import ImagePreprocessor, Resample
-
     if "preprocessor" in manifest:
         p = manifest["preprocessor"]
         return ImagePreprocessor(int(p["size"]), Resample(p["resample"]), tuple(p["mean"]), tuple(p["std"]), float(p["rescale"]))
@@ -104,13 +71,11 @@ def calibration_frames_from_video(path: str | Path, preprocessor, count: int = 2
 
 def calibration_frames_from_redis(url: str, prefix: str, preprocessor, count: int = 256, shards: int = 8) -> Iterator[np.ndarray]:
     """Real frames referenced by the newest windows in Redis (stored by ingest at the model's size)."""
-    import redis
-
     from stream.imagecodec import decode_image
     from stream.keys import Keys
     from stream.types import Window
 
-    client, keys = redis.Redis.from_url(url), Keys(prefix, shards)
+    client, keys = connect(url), Keys(prefix, shards)
     seen, batch = 0, []
     newest = [f for s in keys.all_shards() for _, f in client.xrevrange(keys.windows(s), count=64 // shards + 1)]
     for fields in newest:
@@ -131,8 +96,6 @@ def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8
                   calibration: Iterator[np.ndarray] | None = None, profile: Profile | None = None,
                   workspace_gib: float = 4.0) -> dict:
     trt, gpu = require_tensorrt()
-    from export.onnx_export import DECODER_FILE, VISION_FILE, validate_manifest
-
     onnx_dir, out = Path(onnx_dir), Path(out)
     manifest = validate_manifest(onnx_dir)
     cfg = manifest["model_config"]
@@ -151,7 +114,7 @@ def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8
             "question_mask": [(b, q) for b, q in zip(profile.batch, profile.question_len)],
         },
     }
-    for name, onnx_file in (("vision_encoder", VISION_FILE), ("space_decoder", DECODER_FILE)):
+    for name, onnx_file, plan in (("vision_encoder", VISION_FILE, VISION_ENGINE), ("space_decoder", DECODER_FILE, DECODER_ENGINE)):
         builder = trt.Builder(logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, logger)
@@ -175,10 +138,10 @@ def build_engines(onnx_dir: str | Path, out: str | Path, fp16: bool = True, int8
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError(f"TensorRT failed to build {name}")
-        (out / f"{name}.plan").write_bytes(bytes(serialized))
-        log.info("built %s", out / f"{name}.plan")
+        (out / plan).write_bytes(bytes(serialized))
+        log.info("built %s", out / plan)
     engine_manifest = {
-        "format": "spacevllm-trt/1", "tensorrt": trt.__version__, "gpu": gpu,
+        "format": ENGINE_FORMAT, "tensorrt": trt.__version__, "gpu": gpu,
         "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
         "profiles": {k: {inp: {"min": v[0], "opt": v[1], "max": v[2]} for inp, v in d_.items()} for k, d_ in shapes.items()},
         "onnx_manifest": manifest,
@@ -214,26 +177,3 @@ def _calibrator(trt, batches: Iterator[np.ndarray], cache: Path):
             cache.write_bytes(bytes(data))
 
     return Calibrator()
-
-
-class EngineMismatch(RuntimeError):
-    pass
-
-
-def check_engine_manifest(engine_dir: str | Path, trt_version: str, gpu: dict | None) -> dict:
-    """Refuse engines built for another TensorRT version or GPU architecture."""
-    path = Path(engine_dir) / ENGINE_MANIFEST
-    if not path.is_file():
-        raise EngineMismatch(f"{engine_dir}: missing {ENGINE_MANIFEST} (build with `spacevllm export tensorrt`)")
-    m = json.loads(path.read_text())
-    if m.get("tensorrt") != trt_version:
-        raise EngineMismatch(f"{engine_dir}: engines built with TensorRT {m.get('tensorrt')}, running {trt_version}; rebuild them here")
-    if gpu is None:
-        raise EngineMismatch("no CUDA GPU is visible")
-    if m["gpu"]["compute_capability"] != gpu["compute_capability"]:
-        raise EngineMismatch(f"{engine_dir}: engines built for {m['gpu']['name']} (sm {m['gpu']['compute_capability']}), "
-                             f"this GPU is {gpu['name']} (sm {gpu['compute_capability']}); rebuild them here")
-    for name in ("vision_encoder.plan", "space_decoder.plan"):
-        if not (Path(engine_dir) / name).is_file():
-            raise EngineMismatch(f"{engine_dir}: missing {name}")
-    return m

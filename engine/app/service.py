@@ -126,6 +126,7 @@ def load_engine_model(cfg: ServiceConfig):
     from engine.model.checkpoint import load_model
     from engine.model.placement import PlacementError, resolve_placement
     from engine.serving.runtime import build_backend
+    from export.onnx_export import export_onnx
 
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
@@ -137,7 +138,8 @@ def load_engine_model(cfg: ServiceConfig):
     log.info("model %s on %s", model.config.name, placement)
     cache = Path(cfg.data_dir or default_data_dir()) / "onnx"
     return model, build_backend(cfg.engine.backend, model, cfg.engine.onnx_dir, cfg.engine.engine_dir,
-                                model_dir=cfg.engine.model, cache_dir=str(cache), threads=cfg.engine.threads)
+                                model_dir=cfg.engine.model, cache_dir=str(cache), threads=cfg.engine.threads,
+                                export=export_onnx)  # graphs not exported yet are made here, once per checkpoint
 
 
 def model_windows(cfg: ServiceConfig) -> WindowSettings:

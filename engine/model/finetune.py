@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from engine.model.added_tokens import train_added_rows
-from engine.model.checkpoint import CheckpointError
 from engine.model.config import SpaceVLLMConfig, save_config
 from engine.model.llava_onevision import BASE_PARTS, base_vocab_size, load_from_llava_onevision
 from engine.model.lora import ADAPTERS_FILE, LoraSettings, add_lora, load_lora, save_lora
+from engine.model.model_dir import CheckpointError
 from engine.model.spacevllm import SpaceVLLM
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ def save_finetuned(model: SpaceVLLM, directory: Path, state: dict[str, torch.Ten
     """config.json (naming the base directory), model.safetensors, and the adapters of a LoRA run. `state` and
     `trainable` (parameter names): the gathered full state dict and the names taken before wrapping, when
     `model`'s own parameters are shards (FSDP); default `model.state_dict()` and its trainable parameters."""
-    from safetensors.torch import save_file
-
     assert model.config.base_checkpoint, "only runs on a base checkpoint save heads and adapters"
     directory.mkdir(parents=True, exist_ok=True)
     save_config(model.config, directory / "config.json")

@@ -18,8 +18,8 @@ from safetensors import safe_open
 from tokenizers import AddedToken, Tokenizer
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from engine.model.checkpoint import CheckpointError, check_state, optional_left_out, read_safetensors, refuse_pickle
 from engine.model.config import SpaceVLLMConfig
+from engine.model.model_dir import CheckpointError, check_state, optional_left_out, read_safetensors, refuse_pickle
 from engine.model.preprocess import PreprocessorError, base_preprocessor
 from engine.model.space_decoder import build_space_decoder
 from engine.model.spacevllm import SpaceVLLM

@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
 from torch import nn
+
+from engine.model.model_dir import CheckpointError, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,6 @@ class LoraSettings:
 
 def add_lora(llm: nn.Module, settings: LoraSettings) -> None:
     """Inject LoRA layers into `llm` in place. peft freezes every other parameter of `llm`."""
-    from peft import LoraConfig, inject_adapter_in_model
-
     assert settings.rank > 0, "LoRA rank must be positive"
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), bias="none")
@@ -52,22 +55,16 @@ def add_lora(llm: nn.Module, settings: LoraSettings) -> None:
 
 def lora_state(llm: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors of `llm` (peft's names, without the adapter name)."""
-    from peft import get_peft_model_state_dict
-
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(llm).items()}
 
 
 def save_lora(settings: LoraSettings, directory: Path, state: dict[str, torch.Tensor]) -> None:
     """The adapter tensors (`lora_state`, or gathered from a sharded run) and their settings, beside the heads."""
-    from safetensors.torch import save_file
-
     save_file(state, str(directory / ADAPTERS_FILE), metadata={"format": "pt"})
     (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
 
 
 def read_lora_settings(directory: Path) -> LoraSettings:
-    from engine.model.checkpoint import CheckpointError
-
     path = directory / ADAPTER_CONFIG_FILE
     try:
         return LoraSettings.from_dict(json.loads(path.read_text()))
@@ -78,10 +75,6 @@ def read_lora_settings(directory: Path) -> LoraSettings:
 def load_lora(llm: nn.Module, directory: Path, merge: bool) -> LoraSettings:
     """Add the adapters saved in `directory` to `llm` and load their weights. `merge`: fold them into the
     base weights and remove the adapter layers (inference); else keep them trainable (resuming a run)."""
-    from peft import set_peft_model_state_dict
-
-    from engine.model.checkpoint import CheckpointError, read_safetensors
-
     settings = read_lora_settings(directory)
     state = read_safetensors(directory / ADAPTERS_FILE)
     add_lora(llm, settings)
@@ -98,8 +91,6 @@ def load_lora(llm: nn.Module, directory: Path, merge: bool) -> LoraSettings:
 
 def merge_lora(llm: nn.Module) -> None:
     """Fold every LoRA layer of `llm` into its base layer and put the base layer back in its place."""
-    from peft.tuners.lora import LoraLayer
-
     for name, module in list(llm.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()

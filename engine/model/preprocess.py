@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from engine.model.config import SpaceVLLMConfig
+from engine.model.model_dir import CheckpointError, open_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,7 @@ class ImagePreprocessor:
             images = images.cpu().numpy()
         if images.shape[1:3] != (self.size, self.size) and self.resample is not Resample.AREA:
             images = np.stack([self.resize(im) for im in images])
-        px = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-        px = px / 255.0 if self.rescale == UINT8_RESCALE else px * self.rescale
+        px = frames_to_pixels(images, self.rescale)  # (N, 3, H, W)
         if px.shape[-1] != self.size or px.shape[-2] != self.size:
             px = F.interpolate(px, size=(self.size, self.size), mode="area")
         if device is not None or dtype is not None:
@@ -168,6 +168,14 @@ class ImagePreprocessor:
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "resample": self.resample.value, "mean": list(self.mean), "std": list(self.std),
                 "rescale": self.rescale}
+
+
+def frames_to_pixels(frames: np.ndarray, rescale: float = UINT8_RESCALE) -> torch.Tensor:
+    """uint8 frames (..., H, W, 3) -> float32 pixels (..., 3, H, W) times `rescale`, nothing resized: the one place a
+    frame becomes pixels (also for frames already at the model's size: training batches, the export's parity check)."""
+    px = torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float()
+    # x / 255, not x * (1 / 255): the two differ in the last bit, and every model here was trained on x / 255
+    return px / 255.0 if rescale == UINT8_RESCALE else px * rescale
 
 
 def to_model_pixels(frames: np.ndarray | list[np.ndarray], preprocessor: ImagePreprocessor,
@@ -196,15 +204,13 @@ def base_preprocessor(config: SpaceVLLMConfig, base_dir: str | Path) -> ImagePre
 def preprocessor_for_model_dir(model_dir: str | Path) -> ImagePreprocessor:
     """What a model directory's model will read, from its config (and its base checkpoint's preprocessor_config.json)
     alone: no weights are read, nothing is built. The same answer as `preprocessor_of(load_model(model_dir))`."""
-    from engine.model.checkpoint import CheckpointError, _base_dir, _open_model_dir
-
     try:
-        d, cfg_path, config = _open_model_dir(model_dir)
-        if config.base_checkpoint:
-            return base_preprocessor(config, _base_dir(d, cfg_path, config.base_checkpoint))
+        md = open_model_dir(model_dir)
+        if md.config.base_checkpoint:
+            return base_preprocessor(md.config, md.base_dir())
     except CheckpointError as exc:
         raise PreprocessorError(str(exc)) from None
-    return ImagePreprocessor.for_config(config)
+    return ImagePreprocessor.for_config(md.config)
 
 
 def preprocessor_of(model) -> ImagePreprocessor:

@@ -88,6 +88,25 @@ class Grounding:
     evidence: dict[str, torch.Tensor] | None = None  # the match head's inputs (`MatchEvidence.row`), when asked for
 
 
+@dataclass(frozen=True)
+class ReadQuestions:
+    """N questions the LLM has read, row i against window `row_window[i]` of a (batched) prefix: what decoding their
+    answers (`none | from <s> to <e>`) and boxes needs."""
+
+    first_logits: torch.Tensor  # (N, V) at each question's last token: they pick the first answer token
+    cache: object  # transformers Cache over prefix + questions, batch N
+    attention_mask: torch.Tensor  # (N, L) prefix + question tokens (question padding masked)
+    next_position: torch.Tensor  # (N,) the position of each row's next token
+    row_window: list[int]  # (N,) the window each row reads
+    timestamps_s: tuple[tuple[float, ...], ...]  # per window, relative to its start
+    stq_states: torch.Tensor  # (W, F, D)
+    frame_tokens: torch.Tensor  # (W, F, G, D) the space decoder's tokens
+    question_states: torch.Tensor  # (N, Lq, D) what the space decoder reads of each question
+    question_mask: torch.Tensor  # (N, Lq)
+    question_ids: torch.Tensor | None = None  # (N, Lq) the questions' token ids (what the match head reads)
+    colours: torch.Tensor | None = None  # (W, F, C, 3) the frames' colour grids, for the match head
+
+
 class SpaceVLLM(nn.Module):
     def __init__(self, config: SpaceVLLMConfig, tokenizer, vision: nn.Module, llm: nn.Module, decoder: SpaceDecoder) -> None:
         super().__init__()
@@ -110,7 +129,7 @@ class SpaceVLLM(nn.Module):
         # token (`<a>`, which decides `none` or a span) gets their mean added to its input, so its first
         # layer can already look for what the words say; the space decoder gets each word's embedding added
         # to that word's last-layer state. Zero-initialised: no-ops until trained, and checkpoints
-        # without them load unchanged (`checkpoint.ZERO_INIT_ADDITIONS`).
+        # without them load unchanged (`model_dir.ZERO_INIT_ADDITIONS`).
         self.answer_words = nn.Linear(hidden, hidden)
         self.decoder_words = nn.Linear(hidden, hidden)
         for layer in (self.answer_words, self.decoder_words):
@@ -123,7 +142,7 @@ class SpaceVLLM(nn.Module):
         self.answer_probe_k = nn.Linear(hidden, probe)
         # the match decision (`config.score: match_head`); its own RNG stream on the host, so that adding it changed
         # no other module's initialisation and it starts the same on every device. Optional in checkpoints that
-        # score otherwise (`checkpoint.OPTIONAL_HEADS`)
+        # score otherwise (`model_dir.OPTIONAL_HEADS`)
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(0)
             head = MatchHead(hidden)
@@ -330,8 +349,9 @@ class SpaceVLLM(nn.Module):
         lengths = qmask.sum(1)  # (N,)
         first = out.logits[torch.arange(n, device=dev), lengths - 1]  # (N, V)
         q_states = self._decoder_question_states(out.hidden_states[-1], words)  # (N, Lq, D)
-        return self._finish(first, _cache_of(out), attn, prefix + lengths, timestamps_s, stq_states, frame_tokens,
-                            q_states, qmask, decoder or self.space_decoder, row_window, min_scores, ids, with_evidence, colours)
+        read = ReadQuestions(first, _cache_of(out), attn, prefix + lengths, row_window, timestamps_s, stq_states, frame_tokens,
+                             q_states, qmask, ids, colours)
+        return self._answer(read, decoder or self.space_decoder, min_scores, with_evidence)
 
     @torch.no_grad()
     def ground_from_scratch(self, pixels: torch.Tensor, timestamps_s: list[float], question: str, task: str = "stvg",
@@ -358,40 +378,22 @@ class SpaceVLLM(nn.Module):
         stq_states = last[0][self._stq_positions(ids)[0]][None]  # (1, F, D)
         q_states = self._decoder_question_states(last[:, q_pos_t[0]], words)
         attn = torch.ones(1, len(seq), dtype=torch.long, device=dev)
-        return self._finish(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)], device=dev), (tuple(timestamps_s),),
-                            stq_states, dec_vis, q_states, qmask, self.space_decoder, [0], None, ids[:, q_pos_t[0]], False,
-                            colour_grid(pixels)[None] if pixels is not None else None)[0]
+        read = ReadQuestions(out.logits[:, -1], _cache_of(out), attn, torch.tensor([len(seq)], device=dev), [0],
+                             (tuple(timestamps_s),), stq_states, dec_vis, q_states, qmask, ids[:, q_pos_t[0]],
+                             colour_grid(pixels)[None] if pixels is not None else None)
+        return self._answer(read, self.space_decoder)[0]
 
-    def _finish(self, first_logits, cache, attn, next_pos, timestamps_s, stq_states, frame_tokens, q_states, qmask,
-                decoder, row_window: list[int], min_scores: list[float] | None = None, q_ids: torch.Tensor | None = None,
-                with_evidence: bool = False, colours: torch.Tensor | None = None) -> list[Grounding]:
-        """Constrained decoding of `none | from <s> to <e>`: two more model steps; then the space decoder on
-        the frames inside each answer's span only (boxes are wanted there, and its presence there scores).
-
-        Row i belongs to window row_window[i]: timestamps_s (W tuples), stq_states (W, F, D), frame_tokens
-        (W, F, G, D); q_states (N, Lq, D), qmask (N, Lq), q_ids (N, Lq) the question's token ids (what the match head reads)."""
-        v = self.vocab
-        n = first_logits.shape[0]
-        dev = first_logits.device
-        score = 1.0 - first_logits.float().softmax(-1)[:, v.none]  # (N,) in float32 whatever the model's dtype
-        time_ids = torch.tensor(v.time_ids, device=dev)
+    def _answer(self, read: ReadQuestions, decoder, min_scores: list[float] | None = None,
+                with_evidence: bool = False) -> list[Grounding]:
+        """Each read question's Grounding: its answer `none | from <s> to <e>` (`_decode_spans`), then the space
+        decoder on the frames inside its span only (boxes are wanted there, and its presence there scores), then its
+        score (`config.score`). `decoder`: the space decoder or a runtime backend's; `min_scores` and
+        `with_evidence`: see `ground`."""
+        row_window, timestamps_s = read.row_window, read.timestamps_s
+        stq_states, frame_tokens, qmask = read.stq_states, read.frame_tokens, read.question_mask
+        n = len(row_window)
         row_ts = [timestamps_s[w] for w in row_window]
-        limit = torch.tensor([self._max_time_index(ts) for ts in row_ts], device=dev)  # (N,) last allowed time index per row
-        in_range = torch.arange(len(v.time_ids), device=dev)[None] <= limit[:, None]  # (N, T)
-        # step 1: feed "from", read the start time
-        ids = torch.full((n, 1), v.from_, device=dev)
-        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=dev)], dim=1)
-        out = self._step(ids, attn, next_pos[:, None], cache)
-        start = out.logits[:, -1][:, time_ids].masked_fill(~in_range, float("-inf")).argmax(-1)  # (N,) index in 0.1 s
-        # step 2: feed "<start> to", read the end time (end >= start)
-        ids = torch.stack([time_ids[start], torch.full((n,), v.to, device=dev)], dim=1)
-        attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype, device=dev)], dim=1)
-        out = self._step(ids, attn, next_pos[:, None] + 1 + torch.arange(2, device=dev)[None], _cache_of(out))
-        end_logits = out.logits[:, -1][:, time_ids]
-        allowed = in_range & (torch.arange(len(v.time_ids), device=dev)[None] >= start[:, None])
-        end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
-        start, end, score = start.cpu(), end.cpu(), score.cpu()  # the rest is per-row bookkeeping on the host
-        spans = [(start[i].item() / 10, end[i].item() / 10) for i in range(n)]
+        score, spans = self._decode_spans(read, row_ts)
         frames = [frames_in_span(row_ts[i], s, e) for i, (s, e) in enumerate(spans)]
         # the pair budget holds per window (a window's result does not depend on what it is batched with)
         strides = {w: frame_stride_for_budget([frames[i] for i in range(n) if row_window[i] == w], self.config.decoder_pair_budget)
@@ -402,7 +404,7 @@ class SpaceVLLM(nn.Module):
         bound = score.sqrt() if mode is ScoreMode.ANSWER_AND_PRESENCE else torch.ones_like(score) if mode is ScoreMode.MATCH_HEAD else score
         hopeless = [min_scores is not None and float(bound[i]) < min_scores[i] for i in range(n)]
         keyframes = [() if hopeless[i] else k for i, k in enumerate(keyframes)]
-        boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, q_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
+        boxes, presence = decode_in_spans(decoder, stq_states, frame_tokens, read.question_states, qmask, keyframes, row_window)  # (N, F, 4), (N, F)
         boxes, presence = boxes.cpu(), presence.cpu()  # one copy from the device; Grounding holds host float32 tensors
         for i in range(n):
             if strides[row_window[i]] > 1 and not hopeless[i]:
@@ -412,10 +414,10 @@ class SpaceVLLM(nn.Module):
             score = torch.where(torch.tensor(hopeless), bound, (answer_score * presence.amax(-1)).sqrt())
         evidence = None
         if mode is ScoreMode.MATCH_HEAD or with_evidence:
-            if q_ids is None or colours is None:
+            if read.question_ids is None or read.colours is None:
                 raise ValueError("the match head needs the question ids and the frames' colours (encode_window with pixels or colours)")
-            evidence = gather_evidence(frame_tokens, stq_states, colours, row_window, [() if h else f for h, f in zip(hopeless, frames)],
-                                       boxes, presence, timestamps_s, answer_score, q_ids, qmask)
+            evidence = gather_evidence(frame_tokens, stq_states, read.colours, row_window, [() if h else f for h, f in zip(hopeless, frames)],
+                                       boxes, presence, timestamps_s, answer_score, read.question_ids, qmask)
         if mode is ScoreMode.MATCH_HEAD:
             score = self.match_logits(evidence).float().sigmoid().cpu()
         results = []
@@ -425,6 +427,32 @@ class SpaceVLLM(nn.Module):
             results.append(Grounding(float(score[i]), spans[i], idx, span_boxes, boxes[i], presence[i], float(answer_score[i]),
                                      evidence.row(i) if with_evidence else None))
         return results
+
+    def _decode_spans(self, read: ReadQuestions, row_ts: list[tuple[float, ...]]) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+        """(answer scores (N,) on the host: 1 - P(none) at the first answer token; each row's span in seconds, its
+        times limited to its window's), by two more model steps: feed `from`, read the start time; feed
+        `<start> to`, read the end time (end >= start)."""
+        v = self.vocab
+        n = read.first_logits.shape[0]
+        dev = read.first_logits.device
+        score = 1.0 - read.first_logits.float().softmax(-1)[:, v.none]  # (N,) in float32 whatever the model's dtype
+        time_ids = torch.tensor(v.time_ids, device=dev)
+        limit = torch.tensor([self._max_time_index(ts) for ts in row_ts], device=dev)  # (N,) last allowed time index per row
+        in_range = torch.arange(len(v.time_ids), device=dev)[None] <= limit[:, None]  # (N, T)
+        # step 1: feed "from", read the start time
+        ids = torch.full((n, 1), v.from_, device=dev)
+        attn = torch.cat([read.attention_mask, torch.ones(n, 1, dtype=read.attention_mask.dtype, device=dev)], dim=1)
+        out = self._step(ids, attn, read.next_position[:, None], read.cache)
+        start = out.logits[:, -1][:, time_ids].masked_fill(~in_range, float("-inf")).argmax(-1)  # (N,) index in 0.1 s
+        # step 2: feed "<start> to", read the end time (end >= start)
+        ids = torch.stack([time_ids[start], torch.full((n,), v.to, device=dev)], dim=1)
+        attn = torch.cat([attn, torch.ones(n, 2, dtype=attn.dtype, device=dev)], dim=1)
+        out = self._step(ids, attn, read.next_position[:, None] + 1 + torch.arange(2, device=dev)[None], _cache_of(out))
+        end_logits = out.logits[:, -1][:, time_ids]
+        allowed = in_range & (torch.arange(len(v.time_ids), device=dev)[None] >= start[:, None])
+        end = end_logits.masked_fill(~allowed, float("-inf")).argmax(-1)
+        start, end, score = start.cpu(), end.cpu(), score.cpu()  # the rest is per-row bookkeeping on the host
+        return score, [(start[i].item() / 10, end[i].item() / 10) for i in range(n)]
 
     def match_logits(self, evidence: MatchEvidence) -> torch.Tensor:
         """(N,) the match head's logits on N rows of evidence (in the head's dtype; each word read from the LLM's table)."""

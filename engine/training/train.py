@@ -34,15 +34,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from engine.model.boxes import cxcywh_to_xyxy
+from engine.model.checkpoint import load_model, save_model
+from engine.model.config import ScoreMode, SpaceVLLMConfig, load_config
+from engine.model.finetune import FinetuneSettings, load_for_training, save_finetuned
+from engine.model.lora import LoraSettings
+from engine.model.losses import LossTerms, SpaceVLLMCriterion
+from engine.model.preprocess import frames_to_pixels, preprocessor_of
+from engine.model.spacevllm import SpaceVLLM, build_spacevllm
+from engine.model.tokenizer import train_tokenizer
 from engine.training.data.collate import Batch
+from engine.training.data.mixture import MixtureSteps, RecordError, load_mixture
 from engine.training.data.steps import BadRecord, Collator, Shard, step_loader
 from engine.training.data.synthetic import make_pair, make_sample
 from engine.training.distributed import ProcessGroup, barrier, init_process_group, mean_over_ranks, teardown
-from engine.model.checkpoint import load_model, save_model
-from engine.model.config import ScoreMode, SpaceVLLMConfig, load_config
-from engine.model.losses import LossTerms, SpaceVLLMCriterion
-from engine.model.spacevllm import SpaceVLLM, build_spacevllm
-from engine.model.tokenizer import train_tokenizer
+from engine.training.metrics import match_summary, stvg_summary, t_iou, v_iou
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +145,6 @@ def save_weights(model: SpaceVLLM, out: Path, full_state: dict[str, torch.Tensor
     """The model directory: a whole model (tiny), or heads + adapters naming the base checkpoint (7B).
     `full_state` / `trainable`: the gathered state dict and trainable names when `model` holds FSDP shards."""
     if model.config.base_checkpoint:
-        from engine.model.finetune import save_finetuned
-
         save_finetuned(model, out, full_state, trainable)
     else:
         save_model(model, out)
@@ -190,15 +194,12 @@ def load_train_state(out: Path, model: SpaceVLLM, opt: torch.optim.Optimizer) ->
 @torch.no_grad()
 def quick_eval(model: SpaceVLLM, settings: TrainSettings, n: int) -> dict[str, float]:
     """Held-out STVG samples on the sampled frames: tIoU, vIoU, no-match accuracy (fast proxy of `spacevllm eval`)."""
-    from engine.model.boxes import cxcywh_to_xyxy
-    from engine.training.metrics import match_summary, stvg_summary, t_iou, v_iou
-
     model.eval()
     t_list, v_list, pm, gm = [], [], [], []
     for i in range(n):
         s = make_sample(EVAL_SEED_OFFSET + i, "stvg", frames=settings.frames, size=model.config.vision.image_size,
                         negative_rate=0.2)
-        px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
+        px = frames_to_pixels(s.frames)  # samples are made at the model's size
         g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
         pm.append(g.score >= 0.5)
         gm.append(s.span_s is not None)
@@ -239,7 +240,7 @@ def calibrate_threshold(model: SpaceVLLM, n: int = 300, frames: int = 16, seed_o
     answer, presence, labels = [], [], []
     for i in range(n):
         s = make_sample(seed_offset + i, "stvg", frames=frames, size=model.config.vision.image_size, negative_rate=0.2)
-        px = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 255
+        px = frames_to_pixels(s.frames)  # samples are made at the model's size
         g = model.ground(model.encode_window(px, list(s.timestamps_s)), [s.caption])[0]
         answer.append(g.answer_score)
         presence.append(float(g.presence.max()))
@@ -274,9 +275,6 @@ def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, res
     if source is not None:
         config = load_config(source / "config.json")
     if config.base_checkpoint:
-        from engine.model.finetune import FinetuneSettings, load_for_training
-        from engine.model.lora import LoraSettings
-
         fs = FinetuneSettings(lora=None if settings.full_finetune else LoraSettings(rank=settings.lora_rank,
                                                                                      alpha=2.0 * settings.lora_rank),
                               train_vision=settings.train_vision)
@@ -294,21 +292,50 @@ def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, res
 
 def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: bool,
            init_from: Path | None) -> dict[str, float]:
-    torch.manual_seed(settings.seed)
-    if not group.is_main:  # rank 0 alone logs (errors excepted)
-        logging.getLogger().setLevel(logging.ERROR)
     precision = Precision(settings.precision)
+    start_ranks(group, settings, out)
+    resuming = resume and (out / "train_state.json").is_file()
+    model = build_model(config, out, settings, resuming, init_from)
+    ready_for_training(model, group.device, settings, precision)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = {n for n, _ in named}
+    opt = build_optimizer(named, settings)
+    step, elapsed = load_train_state(out, model, opt) if resuming else (0, 0.0)
+    if group.is_main:
+        log.info("%d trainable parameters of %d (%d ranks, %s, %d micro-steps per step)", sum(p.numel() for _, p in named),
+                 sum(p.numel() for p in model.parameters()), group.world_size, precision.value, settings.grad_accum)
+    runner = wrap_for_ranks(model, group, settings)
+    stepper = Stepper(model, runner, opt, torch.amp.GradScaler(group.device.type, enabled=precision is Precision.FP16),
+                      SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size,
+                                         model.config.frame_grid).to(group.device),
+                      [p for _, p in named], group, settings, precision)
+    dataset = build_dataset(model, settings, group)
+    step, last = run_steps(out, stepper, dataset, step, elapsed, trainable)
+    if settings.digests and not settings.fsdp:  # an FSDP rank holds shards: nothing to compare
+        write_digest(out, model, step, group, trainable)
+    if not group.is_main:
+        return {}
+    return finish(out, model, settings, step, last)
+
+
+def start_ranks(group: ProcessGroup, settings: TrainSettings, out: Path) -> None:
+    """Seed; rank 0 alone logs (errors excepted) and makes `out`, which every rank then waits for."""
+    torch.manual_seed(settings.seed)
+    if not group.is_main:
+        logging.getLogger().setLevel(logging.ERROR)
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
     barrier(group)
-    resuming = resume and (out / "train_state.json").is_file()
-    model = build_model(config, out, settings, resuming, init_from)
+
+
+def ready_for_training(model: SpaceVLLM, device: torch.device, settings: TrainSettings, precision: Precision) -> None:
+    """In place: training mode, frozen weights in the compute dtype, on `device`, activation checkpointing if asked."""
     model.train()
     if precision is not Precision.FP32:  # frozen weights in the compute dtype: half the memory of the frozen base
         for p in model.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(precision.dtype)
-    model.to(group.device)
+    model.to(device)
     if settings.grad_checkpointing:
         for part in (model.language_model, getattr(model.vision_tower, "model", None)):
             if part is None or not any(p.requires_grad for p in part.parameters()):
@@ -318,81 +345,100 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
                 part.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             elif hasattr(part, "gradient_checkpointing_enable"):
                 part.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable = {n for n, _ in named}
+
+
+def build_optimizer(named: list[tuple[str, torch.nn.Parameter]], settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases, norms and the STQ and position embeddings without weight decay."""
     decay = [p for n, p in named if p.ndim >= 2 and "stq" not in n and "pos" not in n]
     no_decay = [p for n, p in named if not (p.ndim >= 2 and "stq" not in n and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=settings.lr, betas=(0.9, 0.98))
-    step, elapsed = load_train_state(out, model, opt) if resuming else (0, 0.0)
-    if group.is_main:
-        log.info("%d trainable parameters of %d (%d ranks, %s, %d micro-steps per step)", sum(p.numel() for _, p in named),
-                 sum(p.numel() for p in model.parameters()), group.world_size, precision.value, settings.grad_accum)
-    runner = wrap_for_ranks(model, group, settings)
-    scaler = torch.amp.GradScaler(group.device.type, enabled=precision is Precision.FP16)
-    crit = SpaceVLLMCriterion(model.config.loss, model.vocab.time_ids, model.language_model.config.vocab_size,
-                              model.config.frame_grid).to(group.device)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=settings.lr, betas=(0.9, 0.98))
+
+
+def build_dataset(model: SpaceVLLM, settings: TrainSettings, group: ProcessGroup) -> torch.utils.data.Dataset:
+    """Item `step`: this rank's micro-batches of global batch `step`, from the mixture or synthetic scenes."""
     collator = Collator(model.vocab, model.tokenizer, model.config.tokens_per_frame, model.config.prompt_order)
     shard = Shard(group.rank, group.world_size, settings.grad_accum)
-    image_size = model.config.vision.image_size
     if settings.mixture:
-        from engine.training.data.mixture import MixtureSteps, load_mixture
-        from engine.model.preprocess import preprocessor_of
-
         # real frames are resized by the model's own rule (the base checkpoint's preprocessor_config.json)
-        dataset = MixtureSteps(load_mixture(settings.mixture), settings.seed, settings.batch_size, settings.frames, preprocessor_of(model),
-                               model.config.max_time_s, collator, shard, settings.steps)
-    else:
-        dataset = SyntheticSteps(settings, image_size, collator, shard)
+        return MixtureSteps(load_mixture(settings.mixture), settings.seed, settings.batch_size, settings.frames, preprocessor_of(model),
+                            model.config.max_time_s, collator, shard, settings.steps)
+    return SyntheticSteps(settings, model.config.vision.image_size, collator, shard)
 
+
+@dataclass(frozen=True)
+class Stepper:
+    """What one optimizer step works with: the model, the module the steps run through (the model, DDP or FSDP), the
+    optimizer, the gradient scaler (fp16), the criterion and the trainable parameters (for gradient clipping)."""
+
+    model: SpaceVLLM
+    runner: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: SpaceVLLMCriterion
+    params: list[torch.nn.Parameter]
+    group: ProcessGroup
+    settings: TrainSettings
+    precision: Precision
+
+    def step(self, batches: list[Batch], lr: float) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches; the loss terms averaged over micro-batches and ranks."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        micro_terms = [self.micro_step(batch, final=m == len(batches) - 1, micro_steps=len(batches))
+                       for m, batch in enumerate(batches)]
+        if self.settings.fsdp:
+            sync_unsharded_grads(self.model, self.group)
+        self.scaler.unscale_(self.opt)
+        if self.settings.fsdp:
+            self.runner.clip_grad_norm_(1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return averaged(micro_terms, self.group)
+
+    def micro_step(self, batch: Batch, final: bool, micro_steps: int) -> torch.Tensor:
+        """Forward and backward on one micro-batch (DDP syncs gradients on the `final` one only); its loss terms
+        (`LossTerms.as_tensor`), left on the device."""
+        batch = to_device(batch, self.group.device)
+        with (self.runner.no_sync() if self.group.distributed and not final else nullcontext()):
+            with torch.autocast(self.group.device.type, dtype=self.precision.dtype, enabled=self.precision is not Precision.FP32):
+                outp = self.runner(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
+            logits, decoder, presence_logits = float_outputs(outp)  # the losses in fp32 (no-ops in fp32 runs)
+            terms = self.criterion(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
+            self.scaler.scale(terms.total / micro_steps).backward()
+        return terms.as_tensor()
+
+
+def run_steps(out: Path, stepper: Stepper, dataset: torch.utils.data.Dataset, step: int, elapsed: float,
+              trainable: set[str]) -> tuple[int, dict[str, float]]:
+    """From `step` to `settings.steps` (or `max_minutes`), with progress, a log line per step and checkpoints;
+    returns the step reached and its loss terms."""
+    settings, group = stepper.settings, stepper.group
     started = time.monotonic()
     bar = tqdm(total=settings.steps, initial=step, desc="train", dynamic_ncols=True, disable=not group.is_main)
     train_log = open(out / "train_log.jsonl", "a", buffering=1) if group.is_main else None  # a line per step (rank 0)
-    window = deque(maxlen=50)
+    window = deque(maxlen=50)  # (loss terms, seconds, samples) of the last steps, for the progress bar
     last: dict[str, float] = {}
     try:
         for batches in step_loader(dataset, step, settings.steps, settings.workers):
             if isinstance(batches, BadRecord):
-                from engine.training.data.mixture import RecordError
-
                 raise RecordError(batches.message)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, settings)
             t0 = time.monotonic()
-            opt.zero_grad(set_to_none=True)
-            micro_terms = []
-            for m, batch in enumerate(batches):
-                batch = to_device(batch, group.device)
-                final = m == len(batches) - 1
-                with (runner.no_sync() if group.distributed and not final else nullcontext()):
-                    with torch.autocast(group.device.type, dtype=precision.dtype, enabled=precision is not Precision.FP32):
-                        outp = runner(batch.pixels, batch.input_ids, batch.attention_mask, batch.question_index, batch.question_mask)
-                    logits, decoder, presence_logits = float_outputs(outp)  # the losses in fp32 (no-ops in fp32 runs)
-                    terms = crit(logits, batch.labels, decoder, batch.boxes_cxcywh, batch.box_mask, batch.presence, presence_logits)
-                    scaler.scale(terms.total / len(batches)).backward()
-                micro_terms.append(terms.as_tensor())  # read on the host once per step (`averaged`)
-            if settings.fsdp:
-                sync_unsharded_grads(model, group)
-            scaler.unscale_(opt)
-            if settings.fsdp:
-                runner.clip_grad_norm_(1.0)
-            else:
-                torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
-            scaler.step(opt)
-            scaler.update()
+            last = stepper.step(batches, lr_at(step, settings))
             step += 1
-            last = averaged(micro_terms, group)
             window.append((last, time.monotonic() - t0, settings.batch_size if group.distributed else sum(b.pixels.shape[0] for b in batches)))
             if train_log is not None:
                 train_log.write(json.dumps({"step": step, "lr": lr_at(step - 1, settings), **last}) + "\n")
             if step % 10 == 0:
-                avg = {k: np.mean([w[0][k] for w in window]) for k in window[0][0]}
-                sps = sum(w[2] for w in window) / max(1e-9, sum(w[1] for w in window))
-                bar.set_postfix({**{k: f"{v:.3f}" for k, v in avg.items()}, "samples/s": f"{sps:.1f}"})
+                show_progress(bar, window)
             bar.update(1)
             timed_out = agreed_timeout(settings, started, group)
             if step % settings.checkpoint_every == 0 or step == settings.steps or timed_out:
-                checkpoint(out, model, runner, opt, step, settings, elapsed + time.monotonic() - started, group, trainable)
+                checkpoint(out, stepper.model, stepper.runner, stepper.opt, step, settings, elapsed + time.monotonic() - started,
+                           group, trainable)
             if timed_out:
                 log.info("stopping after %.1f minutes at step %d (resume with --resume)", settings.max_minutes, step)
                 break
@@ -400,10 +446,19 @@ def _train(group: ProcessGroup, config: SpaceVLLMConfig, out: Path, settings: Tr
         bar.close()
         if train_log is not None:
             train_log.close()
-    if settings.digests and not settings.fsdp:  # an FSDP rank holds shards: nothing to compare
-        write_digest(out, model, step, group, trainable)
-    if not group.is_main:
-        return {}
+    return step, last
+
+
+def show_progress(bar: tqdm, window: deque) -> None:
+    """The progress bar's postfix: the loss terms averaged over the last steps, and samples per second."""
+    avg = {k: np.mean([w[0][k] for w in window]) for k in window[0][0]}
+    sps = sum(w[2] for w in window) / max(1e-9, sum(w[1] for w in window))
+    bar.set_postfix({**{k: f"{v:.3f}" for k, v in avg.items()}, "samples/s": f"{sps:.1f}"})
+
+
+def finish(out: Path, model: SpaceVLLM, settings: TrainSettings, step: int, last: dict[str, float]) -> dict[str, float]:
+    """Rank 0, after the last step: train_metrics.json; a synthetic run from scratch also calibrates its match
+    threshold (saved in the model's config) and runs the held-out quick eval."""
     if settings.mixture or model.config.base_checkpoint:  # the synthetic calibration and quick eval do not apply
         metrics = {"loss": last.get("total", float("nan"))}
         (out / "train_metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
@@ -428,7 +483,7 @@ def wrap_for_ranks(model: SpaceVLLM, group: ProcessGroup, settings: TrainSetting
         return model
     if settings.fsdp:
         # One FSDP unit per transformer layer; use_orig_params for the mix of frozen and trainable parameters
-        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/test_train_distributed.py); on CUDA
+        # (LoRA, frozen vision). Tested with gloo on the CPU (tests/engine/training/test_train_distributed.py); on CUDA
         # fp16 would want FSDP's ShardedGradScaler (bf16 needs no scaler).
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy

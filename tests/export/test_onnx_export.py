@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from engine.model.checkpoint import save_model
+from engine.model.graphs import ManifestError, validate_manifest
 from engine.serving.runtime import TorchBackend, build_backend
 from engine.serving.runtime.ort import OrtBackend, choose_providers
-from export.onnx_export import ManifestError, export_onnx, parity, validate_manifest
+from export.onnx_export import export_onnx, parity
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_edge_bundle_packs_graphs_and_a_trtexec_script(exported, tmp_path):
 
 
 def test_tensorrt_without_gpu_or_tensorrt_fails_with_one_clear_line():
-    from export.tensorrt import TensorRTUnavailable, require_tensorrt
+    from engine.model.graphs import TensorRTUnavailable, require_tensorrt
 
     try:
         import tensorrt  # noqa: F401

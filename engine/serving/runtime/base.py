@@ -9,6 +9,8 @@ from typing import Protocol
 
 import torch
 
+from engine.model.graphs import Exporter
+from engine.model.placement import placement_of
 from engine.model.space_decoder import SpaceDecoderOutput
 
 log = logging.getLogger(__name__)
@@ -56,23 +58,23 @@ def resolve_backend(name: str) -> str:
 
 
 def build_backend(name: str, model, onnx_dir: str | None = None, engine_dir: str | None = None,
-                  model_dir: str | None = None, cache_dir: str | None = None, threads: int = 0) -> Backend:
-    """`torch`, `onnxruntime` (graphs from `onnx_dir`; else exported once per checkpoint into `cache_dir`, or on the
-    fly), `tensorrt` (needs `engine_dir`), or `auto` (see resolve_backend)."""
+                  model_dir: str | None = None, cache_dir: str | None = None, threads: int = 0,
+                  export: Exporter | None = None) -> Backend:
+    """`torch`, `onnxruntime` (graphs from `onnx_dir`; else made by `export` once per checkpoint into `cache_dir`, or
+    on the fly), `tensorrt` (needs `engine_dir`), or `auto` (see resolve_backend). `export`: the ONNX exporter
+    (`export.onnx_export.export_onnx`), passed in by the app layer so that serving never imports the export tool."""
     name = resolve_backend(name)
     if name == "torch":
         return TorchBackend(model)
     if name == "onnxruntime":
         from engine.serving.runtime.ort import OrtBackend
 
-        return OrtBackend.from_model(model, onnx_dir, model_dir, cache_dir, threads)
+        return OrtBackend.from_model(model, onnx_dir, model_dir, cache_dir, threads, export)
     if name == "tensorrt":
         from engine.serving.runtime.trt import TensorRTBackend
 
         if engine_dir is None:
             raise ValueError("the tensorrt backend needs engine_dir (built by `spacevllm export tensorrt`)")
-        from engine.model.placement import placement_of
-
         where = placement_of(model)
         return TensorRTBackend(engine_dir, device=where.device, dtype=where.dtype)
     raise ValueError(f"unknown backend {name!r} (auto, torch, onnxruntime, tensorrt)")

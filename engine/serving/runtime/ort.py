@@ -3,7 +3,10 @@
 With a CUDA (or TensorRT) provider and a model on a CUDA device, inputs and outputs are bound to torch CUDA tensors
 (`io_binding` with their `data_ptr`), ONNX Runtime runs on torch's current CUDA stream, and the results stay on the
 device for the LLM: no round trip through host memory. Otherwise (CPU provider) tensors go through numpy as before,
-and results are moved to the model's device and dtype (a no-op for a CPU float32 model)."""
+and results are moved to the model's device and dtype (a no-op for a CPU float32 model).
+
+Graphs not exported yet are made by the exporter the caller passes in (`export.onnx_export.export_onnx`, from the
+app layer): serving reads the graphs' contract (`engine/model/graphs.py`) and never imports the export tool."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.model.checkpoint import save_model
+from engine.model.config import SpaceVLLMConfig
+from engine.model.graphs import DECODER_FILE, VISION_FILE, Exporter, cached_export, validate_manifest
+from engine.model.placement import placement_of
 from engine.model.space_decoder import SpaceDecoderOutput
 
 log = logging.getLogger(__name__)
@@ -41,8 +48,6 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError:
             raise RuntimeError("onnxruntime is not installed: pip install '.[cpu]' (or '.[gpu]' on a CUDA host)") from None
-        from export.onnx_export import DECODER_FILE, VISION_FILE, validate_manifest
-
         self.manifest = validate_manifest(onnx_dir)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,8 +64,6 @@ class OrtBackend:
         providers_arg = self._provider_options() if self.bound else self.providers
         self.vision = ort.InferenceSession(str(d / VISION_FILE), so, providers=providers_arg)
         self.decoder = ort.InferenceSession(str(d / DECODER_FILE), so, providers=providers_arg)
-        from engine.model.config import SpaceVLLMConfig
-
         cfg = SpaceVLLMConfig.from_dict(self.manifest["model_config"])
         self.token_shape = (cfg.frame_tokens, cfg.llm.hidden_size)  # one frame's output of the vision graph
         log.info("ONNX Runtime: %s%s", ", ".join(self.providers), f" (io_binding on {self.device})" if self.bound else "")
@@ -91,22 +94,20 @@ class OrtBackend:
 
     @classmethod
     def from_model(cls, model, onnx_dir: str | Path | None, model_dir: str | Path | None = None,
-                   cache_dir: str | Path | None = None, threads: int = 0) -> "OrtBackend":
-        """Use exported graphs from `onnx_dir`; else the graphs exported from `model_dir` into `cache_dir` (once per
-        checkpoint: the directory is named by its sha256); else export the loaded model into a temp dir first."""
-        if onnx_dir is None and model_dir is not None and cache_dir is not None:
-            onnx_dir = cached_export(model_dir, cache_dir)
+                   cache_dir: str | Path | None = None, threads: int = 0, export: Exporter | None = None) -> "OrtBackend":
+        """Use exported graphs from `onnx_dir`; else `export` them from `model_dir` into `cache_dir` (once per
+        checkpoint: the directory is named by its sha256); else `export` the loaded model into a temp dir first."""
         if onnx_dir is None:
-            from engine.model.checkpoint import save_model
-            from export.onnx_export import export_onnx
-
-            tmp = Path(tempfile.mkdtemp(prefix="spacevllm-onnx-"))
-            save_model(model, tmp / "model")
-            export_onnx(tmp / "model", tmp / "onnx")
-            onnx_dir = tmp / "onnx"
-            log.info("exported ONNX graphs to %s", onnx_dir)
-        from engine.model.placement import placement_of
-
+            if export is None:
+                raise ValueError("the onnxruntime backend needs onnx_dir (from `spacevllm export onnx`) or an exporter")
+            if model_dir is not None and cache_dir is not None:
+                onnx_dir = cached_export(model_dir, cache_dir, export)
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix="spacevllm-onnx-"))
+                save_model(model, tmp / "model")
+                export(tmp / "model", tmp / "onnx")
+                onnx_dir = tmp / "onnx"
+                log.info("exported ONNX graphs to %s", onnx_dir)
         where = placement_of(model)
         return cls(onnx_dir, threads=threads, device=where.device, dtype=where.dtype)
 
@@ -133,29 +134,3 @@ class OrtBackend:
 def _host(t: torch.Tensor) -> np.ndarray:
     """A float tensor as a contiguous float32 numpy array on the host (a no-op view for a CPU float32 tensor)."""
     return t.detach().contiguous().cpu().float().numpy()
-
-
-def cached_export(model_dir: str | Path, cache_dir: str | Path) -> Path:
-    """`<cache_dir>/<sha256 of the weights, 16 hex>`: exported on first use (into a temporary sibling, then renamed, so
-    a crash never leaves a half export), reused while its manifest matches the checkpoint."""
-    import shutil
-
-    from engine.model.checkpoint import file_sha256
-    from export.onnx_export import ManifestError, export_onnx, validate_manifest
-
-    target = Path(cache_dir) / file_sha256(Path(model_dir) / "model.safetensors")[:16]
-    try:
-        validate_manifest(target, model_dir)
-        return target
-    except ManifestError:
-        pass
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    log.info("exporting the model's vision encoder and space decoder to ONNX (once per checkpoint) in %s", target)
-    export_onnx(model_dir, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process exported it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from engine.model.graphs import DECODER_ENGINE, VISION_ENGINE, check_engine_manifest, require_tensorrt
 from engine.model.space_decoder import SpaceDecoderOutput
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,12 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        from export.tensorrt import check_engine_manifest, require_tensorrt
-
         trt, gpu = require_tensorrt()
         self.manifest = check_engine_manifest(engine_dir, trt.__version__, gpu)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         d = Path(engine_dir)
-        self.vision = _Engine(trt, runtime, d / "vision_encoder.plan")
-        self.decoder = _Engine(trt, runtime, d / "space_decoder.plan")
+        self.vision = _Engine(trt, runtime, d / VISION_ENGINE)
+        self.decoder = _Engine(trt, runtime, d / DECODER_ENGINE)
         # the model's device (a CPU model still gets CUDA engines: results then come back to the host for it)
         self.model_device = torch.device(device) if device is not None else torch.device("cpu")
         self.device = self.model_device if self.model_device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.training.data.synthetic import Sample
 from engine.model.config import PromptOrder
 from engine.model.interleave import answer_ids, question_ids, video_prefix_ids
+from engine.model.preprocess import frames_to_pixels
+from engine.training.data.synthetic import Sample
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def collate(samples: list[Sample], vocab, tok, tokens_per_frame: int, order: Pro
         lab[i, : len(seq)] = torch.tensor(lb)
         qi[i, : len(pos)] = torch.tensor(pos)
         qm[i, : len(pos)] = 1
-    pixels = torch.from_numpy(np.stack([s.frames for s in samples])).permute(0, 1, 4, 2, 3).float() / 255.0  # (B, F, 3, S, S): model-sized
+    pixels = frames_to_pixels(np.stack([s.frames for s in samples]))  # (B, F, 3, S, S): samples hold model-sized frames
     boxes = torch.from_numpy(np.stack([s.boxes_cxcywh for s in samples]))
     box_mask = torch.from_numpy(np.stack([s.present if s.task != "vtg" else np.zeros_like(s.present) for s in samples]))
     presence = torch.from_numpy(np.stack([s.in_span & (s.present | (s.task == "vtg")) for s in samples])).float()

@@ -1,14 +1,13 @@
-"""Frame preprocessing for training: decoded RGB frames -> what the model's vision tower takes.
+"""Frame preprocessing for training: decoded RGB frames -> frames at the model's input size.
 
-Training turns frames into pixels here (`to_model_frames` at decode time, `to_model_pixels` in `collate`), with
-the model's own `ImagePreprocessor` (`engine.model.preprocess`: the tiny model's area resize, or the base
-checkpoint's preprocessor_config.json), the same rule as evaluation and the engine; then [0, 1] floats, CHW.
-The vision tower normalises (mean/std) itself.
+Training resizes frames here (`to_model_frames`, at decode time) with the model's own `ImagePreprocessor`
+(`engine.model.preprocess`: the tiny model's area resize, or the base checkpoint's preprocessor_config.json), the
+same rule as evaluation and the engine. `collate` then makes them [0, 1] floats, CHW
+(`engine.model.preprocess.frames_to_pixels`); the vision tower normalises (mean/std) itself.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from engine.model.preprocess import ImagePreprocessor
 
@@ -23,9 +22,3 @@ def to_model_frames(frames_uint8_hwc: np.ndarray, preprocessor: ImagePreprocesso
     if frames.shape[1:3] == (pre.size, pre.size):
         return frames.copy()
     return np.stack([pre.resize(f) for f in frames])
-
-
-def to_model_pixels(frames_uint8_hwc: np.ndarray, image_size: ImagePreprocessor | int) -> torch.Tensor:
-    """(N, H, W, 3) uint8 RGB -> (N, 3, S, S) float32 in [0, 1], the vision tower's input."""
-    frames = to_model_frames(frames_uint8_hwc, image_size)
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, S, S)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.model.config import SpaceVLLMConfig, VisionConfig, save_config
-from engine.model.preprocess import (ImagePreprocessor, PreprocessorError, Resample, preprocessor_for_model_dir,
-                                     preprocessor_of, to_model_pixels)
+from engine.model.preprocess import (ImagePreprocessor, PreprocessorError, Resample, frames_to_pixels,
+                                     preprocessor_for_model_dir, preprocessor_of, to_model_pixels)
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "tiny"
 
@@ -85,6 +85,19 @@ def test_to_pixels_when_the_tiny_rule_keeps_the_pixels_bit_for_bit_as_before(h26
     # and the conv encoder normalises exactly as it did
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(pre.normalize(x), (x - 0.5) / 0.5)
+
+
+@pytest.mark.parametrize("shape, channels_first", [((3, 16, 16, 3), (0, 3, 1, 2)), ((2, 3, 16, 16, 3), (0, 1, 4, 2, 3))],
+                         ids=["frames", "batch-of-clips"])
+def test_frames_to_pixels_when_given_model_sized_frames_is_x_over_255_bit_for_bit_with_the_same_layout(shape, channels_first):
+    # given uint8 frames (N, S, S, 3), or a batch of clips (B, F, S, S, 3) as training collates them
+    frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    # when they become pixels
+    px = frames_to_pixels(frames)
+    # then exactly what training and the export's parity check computed before (values and strides: a conv's
+    # result can depend on its input's memory layout)
+    before = torch.from_numpy(frames).permute(*channels_first).float() / 255.0
+    assert torch.equal(px, before) and px.stride() == before.stride()
 
 
 def test_to_pixels_when_a_device_and_dtype_are_given_builds_them_there():

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from engine.model.checkpoint import save_model
+from engine.model.graphs import cached_export
 from engine.serving.runtime.base import build_backend, resolve_backend
-from engine.serving.runtime.ort import cached_export
+from export.onnx_export import export_onnx
 
 
 def test_resolve_backend_when_auto_picks_onnxruntime_here():
@@ -16,12 +17,12 @@ def test_resolve_backend_when_auto_picks_onnxruntime_here():
 def test_cached_export_when_called_again_reuses_it_and_when_the_weights_change_exports_anew(tiny_model_dir, tiny_model, tmp_path):
     cache = tmp_path / "onnx"
     # given a first export
-    first = cached_export(tiny_model_dir, cache)
+    first = cached_export(tiny_model_dir, cache, export_onnx)
     stamp = (first / "manifest.json").stat().st_mtime_ns
     # when asked again for the same checkpoint, then the same directory is returned untouched
-    assert cached_export(tiny_model_dir, cache) == first and (first / "manifest.json").stat().st_mtime_ns == stamp
+    assert cached_export(tiny_model_dir, cache, export_onnx) == first and (first / "manifest.json").stat().st_mtime_ns == stamp
     # and a backend built from it agrees with torch
-    backend = build_backend("auto", tiny_model, model_dir=str(tiny_model_dir), cache_dir=str(cache))
+    backend = build_backend("auto", tiny_model, model_dir=str(tiny_model_dir), cache_dir=str(cache), export=export_onnx)
     s = tiny_model.config.vision.image_size
     px = torch.rand(3, 3, s, s)
     with torch.no_grad():
@@ -30,7 +31,12 @@ def test_cached_export_when_called_again_reuses_it_and_when_the_weights_change_e
     with torch.no_grad():
         tiny_model.stq.add_(0.01)
     save_model(tiny_model, tiny_model_dir)
-    assert cached_export(tiny_model_dir, cache) != first
+    assert cached_export(tiny_model_dir, cache, export_onnx) != first
+
+
+def test_build_backend_when_onnxruntime_has_neither_graphs_nor_an_exporter_says_so(tiny_model):
+    with pytest.raises(ValueError, match="needs onnx_dir .* or an exporter"):
+        build_backend("onnxruntime", tiny_model)
 
 
 def _cuda_provider() -> bool:
@@ -49,7 +55,7 @@ def test_ort_backend_when_the_model_is_on_cuda_binds_device_tensors_and_answers_
     # given the model on CUDA and ONNX Runtime with the CUDA provider
     where = resolve_placement("cuda", "float32")
     model = place(load_model(tiny_model_dir), where)
-    backend = OrtBackend(cached_export(tiny_model_dir, tmp_path / "onnx"), providers=["CUDAExecutionProvider"],
+    backend = OrtBackend(cached_export(tiny_model_dir, tmp_path / "onnx", export_onnx), providers=["CUDAExecutionProvider"],
                          device=where.device, dtype=where.dtype)
     assert backend.bound
     # when frames are encoded and decoded from device tensors
