@@ -43,7 +43,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "svl_consumer_group_lag": ("gauge", "Windows not yet delivered to any engine worker (all shards)", ()),
     "svl_consumer_group_pending": ("gauge", "Windows delivered to an engine worker and not yet acknowledged (all shards)", ()),
     "svl_events_total": ("counter", "Grounding events published, by type", ("type",)),
-    "svl_webhook_deliveries_total": ("counter", "Webhook deliveries by final result (delivered, gave_up)", ("result",)),
+    "svl_webhook_deliveries_total": ("counter", "Webhook deliveries by final result (delivered, gave_up, dropped)", ("result",)),
     "svl_webhook_attempt_failures_total": ("counter", "Failed webhook attempts (each retry counts)", ()),
     "svl_workers": ("gauge", "Workers with a fresh heartbeat, by role", ("role",)),
     "svl_role_up": ("gauge", "1 while a supervised role runs, 0 while its supervisor restarts it or gave up", ("role", "supervisor")),

@@ -19,7 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.auth import ENV_TOKEN, TokenStore
-from api.webhooks import WebhookDispatcher
+from api.webhooks import WebhookDispatcher, redis_ports
 from engine.contracts.settings import ApiSettings
 from stream.keys import Keys
 from stream.redis_server import read_or_create_secret
@@ -90,7 +90,9 @@ class ApiServer:
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, lifespan="off", timeout_graceful_shutdown=2,
                                                     timeout_keep_alive=5))
-        self.dispatcher = WebhookDispatcher(self.client, self.keys, self.settings, self.stop) if self.settings.webhooks else None
+        self.dispatcher = (WebhookDispatcher(self.client, self.keys, self.settings, self.stop,
+                                             own_ports=(self.port, *redis_ports(self.client)))
+                           if self.settings.webhooks else None)
         self._threads: list[threading.Thread] = []
 
     @property

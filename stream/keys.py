@@ -168,12 +168,21 @@ class Keys:
         return f"{self.prefix}telemetry:{role}"
 
     def webhook_cursor(self) -> str:
-        """The event feed position up to which webhooks were delivered (or given up on)."""
+        """The event feed position up to which webhook jobs were queued (one `webhook_queue` per sink)."""
         return f"{self.prefix}webhooks:cursor"
 
     def webhook_lock(self) -> str:
         """Held (SET NX PX, renewed) by the one API process that delivers webhooks."""
         return f"{self.prefix}webhooks:lock"
+
+    def webhook_queue(self, sink_id: str) -> str:
+        """One sink's delivery jobs (a list, oldest first; `sink_id`: a short hash of query id and URL, so the URL,
+        which may hold a secret, is no key part). Each sink has its own key and slot: only single-key commands."""
+        return f"{self.prefix}webhooks:queue:{sink_id}"
+
+    def webhook_sinks(self) -> str:
+        """Set of the sink ids whose queue may hold jobs: where a new dispatcher finds the backlog."""
+        return f"{self.prefix}webhooks:sinks"
 
     def media_cursor(self) -> str:
         """The event feed position up to which the media worker made snapshots and clips."""

@@ -3,16 +3,19 @@ its validated frozen record, stored in Redis (`HSET <queries> id json`); changes
 so running workers pick them up without restart."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
+import socket
 import time
 import unicodedata
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from engine.contracts.errors import error_list, error_lines
 from stream.keys import Keys, check_id
@@ -53,18 +56,109 @@ def _number(name: str, upper: float | None):
     return check
 
 
+# ---- webhook URLs ------------------------------------------------------------------------------
+# A sink URL is checked twice. When a query is registered, for what needs no DNS: the scheme, no
+# user:password@, a decimal port in 1-65535, and a literal address or a name on the deny list below.
+# When the dispatcher connects (api/webhooks.py), for every address the host resolves to (the same deny
+# list, the service's own ports on loopback, `api.webhook_allow_hosts`), connecting only to a checked one.
+# Loopback and private ranges stay allowed: tests and LAN integrators use them.
+DENIED_NETWORKS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in (
+        ("169.254.0.0/16", "link-local (cloud metadata lives at 169.254.169.254)"),
+        ("fe80::/10", "link-local"),
+        ("fd00:ec2::254/128", "cloud metadata"),
+        ("0.0.0.0/8", "unspecified"),  # 0.0.0.0 reaches the local host on Linux
+        ("::/128", "unspecified"),
+        ("224.0.0.0/4", "multicast"),
+        ("ff00::/8", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+    ))
+DENIED_NAMES = {"metadata.google.internal": "cloud metadata"}
+_HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def denied_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a sink may never connect to `address` (None: it may, as far as the deny list goes)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
+    return next((why for net, why in DENIED_NETWORKS if address in net), None)
+
+
+@dataclass(frozen=True)
+class SinkUrl:
+    """A webhook URL taken apart the way the dispatcher connects to it."""
+
+    scheme: str  # http | https
+    host: str  # lower case, no brackets, no trailing dot
+    port: int
+    target: str  # path and query: what the request line carries
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None  # when the host is a literal address
+
+
+def parse_sink_url(url: str) -> SinkUrl:
+    """`url` as a sink, or ValueError saying what is wrong; needs no DNS (names are resolved at connect time)."""
+    # printable ASCII only: what a request line can carry as it is (IDN hosts: their xn-- form)
+    if not isinstance(url, str) or len(url) > 2048 or not re.fullmatch(r"https?://[!-~]+", url, re.I):
+        raise ValueError("must be an http:// or https:// URL of printable ASCII (up to 2048 characters)")
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ValueError("must name a host: http(s)://host[:port]/path")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry user:password@ (receivers authenticate deliveries by the signature)")
+    host, port = parts.netloc, None
+    if host.startswith("["):
+        host, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("not a valid [IPv6] host")
+        port = rest[1:] if rest else None
+    elif ":" in host:
+        host, port = host.rsplit(":", 1)
+    if port is not None and (not _PORT.match(port) or not 1 <= int(port) <= 65535):
+        raise ValueError(f"port must be a decimal number in 1-65535, got {port!r}")
+    host = host.lower().rstrip(".")
+    address = _literal_address(host)
+    if address is None and (not _HOST_NAME.match(host) or len(host) > 253 or max(map(len, host.split("."))) > 63):
+        raise ValueError(f"not a valid host name: {host!r}")
+    why = denied_address(address) if address is not None else DENIED_NAMES.get(host)
+    if why:
+        raise ValueError(f"host {host} is not allowed for webhooks: {why}")
+    scheme = parts.scheme.lower()
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return SinkUrl(scheme, host, int(port) if port else (443 if scheme == "https" else 80), target, address)
+
+
+def _literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host string names without DNS, in every form the resolver accepts (`2852039166` and
+    `0xa9.0xfe.0xa9.0xfe` are 169.254.169.254), else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 class WebhookSpec(BaseModel):
     """A sink: every event of the query is POSTed to `url`, signed with HMAC-SHA256 of `secret`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    url: str = Field(..., description="http:// or https:// URL that receives the events (POST, JSON)")
+    url: str = Field(..., description="http:// or https:// URL that receives the events (POST, JSON); no user:password@, "
+                                      "no link-local or cloud metadata address")
     secret: str = Field(..., description="HMAC-SHA256 key for the X-SVL-Signature header; never returned by the API")
 
     @field_validator("url", mode="before")
     @classmethod
-    def _url(cls, v):
-        if not isinstance(v, str) or not re.match(r"^https?://[^\s/?#]+(/[^\s]*)?$", v) or len(v) > 2048:
-            raise ValueError("must be an http:// or https:// URL (up to 2048 characters)")
+    def _url(cls, v, info: ValidationInfo):
+        if (info.context or {}).get("stored"):
+            # a query stored before the checks tightened stays readable (the engine keeps serving it); its sink
+            # is refused, and dead-lettered, when the dispatcher connects
+            if not isinstance(v, str) or not re.match(r"^https?://\S+$", v, re.I):
+                raise ValueError("must be an http:// or https:// URL")
+            return v
+        parse_sink_url(v)
         return v
 
     @field_validator("secret", mode="before")
@@ -162,21 +256,22 @@ class StandingQuery:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StandingQuery":
-        return validate_query(data)
+        return validate_query(data, stored=True)
 
 
 REDACTED = "<redacted>"
 
 
-def validate_query(data, now: float | None = None) -> StandingQuery:
-    """Validate through `QuerySpec` and build the stored record (id generated, created_at set when absent)."""
+def validate_query(data, now: float | None = None, stored: bool = False) -> StandingQuery:
+    """Validate through `QuerySpec` and build the stored record (id generated, created_at set when absent).
+    `stored`: a record read back from Redis (webhook URLs checked for form only, see `WebhookSpec`)."""
     if isinstance(data, QuerySpec):
         spec = data
     else:
         if not isinstance(data, dict):
             raise QueryError("a query must be a JSON object")
         try:
-            spec = QuerySpec.model_validate(data)
+            spec = QuerySpec.model_validate(data, context={"stored": stored})
         except ValidationError as exc:
             raise QueryError("; ".join(error_lines(exc.errors(), whole="query")), error_list(exc.errors())) from None
     return from_spec(spec, now)

@@ -7,6 +7,7 @@ override their settings. Ingest's own sections (redis, windows, ingest, cameras)
 import every section from this module."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -83,6 +84,24 @@ class ApiSettings(Strict):
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_s: float = Field(0.5, gt=0)  # doubled per attempt, capped at 30 s
+    webhook_queue_max: int = Field(10_000, ge=1)  # queued deliveries per sink; beyond, the oldest are dropped
+    webhook_workers: int = Field(8, ge=1, le=64)  # sinks delivered to at once (each holds a connection)
+    # host names (exact) or networks (CIDR) sinks may connect to; empty: any host the deny list lets through
+    # (link-local, cloud metadata, multicast, this service's own ports on loopback are always refused)
+    webhook_allow_hosts: list[str] = []
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for h in v:
+            try:
+                out.append(str(ipaddress.ip_network(h, strict=False)))
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", h):
+                    raise ValueError(f"{h!r} is neither a host name nor a network (CIDR)") from None
+                out.append(h.lower().rstrip("."))
+        return out
 
 
 class MediaSettings(Strict):
