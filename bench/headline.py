@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.clips import demo_clip  # noqa: E402
 from engine.serving.latency import diff, quantile  # noqa: E402
 from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
-from engine.app.service import engine_role, ingest_role, up_threads  # noqa: E402
+from engine.app.service import engine_role, ingest_role, up_engine_threads  # noqa: E402
 from engine.contracts.settings import EngineSettings, ServiceConfig  # noqa: E402
 from engine.app.supervisor import Supervisor  # noqa: E402
 from stream.config import CameraSettings, IngestSettings, RedisSettings, WindowSettings  # noqa: E402
@@ -109,7 +109,7 @@ def run(args, cameras: int, queries: int) -> dict:
         reg = QueryRegistry(client, keys)
         for k in range(queries):
             reg.add(validate_query({"id": f"q{k}", "text": QUERIES[k % len(QUERIES)], "cooldown_s": 2.0}))
-        engine_threads = args.engine_threads or up_threads(cfg)[0]
+        engine_threads = args.engine_threads or up_engine_threads(cfg)
         if args.topology == "processes":
             roles.start("engine", engine_role, (cfg, server.url, quiet), threads=engine_threads)
             time.sleep(args.engine_start_s)  # the model loaded before the cameras start, as `up` does

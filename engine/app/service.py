@@ -1,4 +1,5 @@
-"""Composition: Redis (URL or embedded), ingest, engine workers, and `up` (the main job)."""
+"""Composition: Redis (URL or embedded), ingest, engine workers, and `up` (the main job: all of them on one
+machine). The roles run one per container are in engine/app/roles.py, built from the parts here."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from engine.app.connection import ServiceError, checked_client
 from engine.contracts.events import GroundingEvent
 from engine.serving.grounder import WindowGrounder
 from engine.contracts.queries import QueryRegistry, validate_query
@@ -21,7 +23,7 @@ from engine.serving.runtime.base import resolve_backend
 from engine.app.supervisor import Supervisor
 from engine.serving.worker import EngineWorker
 from stream.ingest import IngestService
-from stream.keys import Keys, LayoutMismatch, check_layout
+from stream.keys import Keys
 from stream.cameras import CameraRegistry
 from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
 from stream.urls import redact_url
@@ -30,10 +32,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CAMERA_ID = "demo"
 DEMO_CAMERA = CameraSettings(id=DEFAULT_CAMERA_ID, url="synthetic://demo?fps=10")
-
-
-class ServiceError(RuntimeError):
-    """The service cannot start; the message is one line for the operator."""
 
 
 DEMO_QUERIES = [
@@ -45,8 +43,9 @@ DEMO_QUERIES = [
 
 
 def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, str]:
-    """A client for the configured Redis (or the embedded one, started in `<data_dir>/redis`), with the key
-    layout checked; raises ServiceError with one line when it cannot."""
+    """A checked client (engine/app/connection.py) for the configured Redis, or for the embedded one, started in
+    `<data_dir>/redis` and stopped again when the check fails; with the server (None for a configured URL) and
+    the URL. ServiceError with one line when it cannot."""
     server = None
     if cfg.redis.url:
         url = cfg.redis.url
@@ -58,18 +57,11 @@ def open_redis(cfg: ServiceConfig) -> tuple[redis.Redis, EmbeddedRedis | None, s
             raise ServiceError(f"cannot start the embedded Redis: {exc}") from None
         url = server.url
     try:
-        client = connect(url, cluster=cfg.redis.cluster)
-        client.ping()
-        check_layout(client, cfg.redis.keys())
-    except redis.RedisError as exc:
+        return checked_client(url, cfg.redis), server, url
+    except ServiceError:
         if server is not None:
             server.stop()
-        raise ServiceError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    except LayoutMismatch as exc:
-        if server is not None:
-            server.stop()
-        raise ServiceError(str(exc)) from None
-    return client, server, url
+        raise
 
 
 def seed_queries(client: redis.Redis, keys: Keys, specs, echo: Callable[[str], None] | None = None) -> None:
@@ -191,13 +183,16 @@ def format_event(e: GroundingEvent) -> str:
             f"score={e.score:.2f}{box}{reason}")
 
 
-def up_threads(cfg: ServiceConfig, cores: int | None = None) -> tuple[int, int]:
-    """(engine threads, ingest decoder threads per camera) for `up` on this machine: the engine gets
-    `engine.threads` or all cores but one (ingest decodes on the rest), each camera decoder one thread
-    when the cameras outnumber the cores (`ingest.decoder_threads` overrides)."""
+def up_engine_threads(cfg: ServiceConfig, cores: int | None = None) -> int:
+    """The engine's thread budget under `up` on this machine: `engine.threads`, else all cores but one (ingest
+    decodes on the one left; a camera's decoder threads are ingest's own choice, stream/ingest.py)."""
     cores = cores or os.cpu_count() or 1
-    engine = cfg.engine.threads or max(1, cores - 1)
-    return engine, cfg.ingest.decoder_threads
+    return cfg.engine.threads or max(1, cores - 1)
+
+
+def stop_on_signals(stop: threading.Event) -> dict:
+    """SIGINT and SIGTERM set `stop`; returns the handlers they had, to put back."""
+    return {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def ingest_role(control, cfg: ServiceConfig, url: str, cameras: list[CameraSettings], registry: bool = True) -> None:
@@ -234,59 +229,69 @@ def _for_child(echo: Callable[[str], None]) -> Callable[[str], None]:
         return click.echo
 
 
+def _up_queries(cfg: ServiceConfig) -> list[dict]:
+    """The config's standing queries, or the demo's when it has none."""
+    return (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES
+
+
+def _announce_redis(echo: Callable[[str], None], url: str, server: EmbeddedRedis | None, keys: Keys) -> None:
+    """Where Redis is, and two ways to watch the events there."""
+    where = f" (data in {server.data_dir})" if server else ""
+    echo(f"Redis: {redact_url(url)}{where}")
+    events = keys.events(keys.shard_of(DEFAULT_CAMERA_ID))
+    if server is not None and server.password:  # the password is read from its file, never printed
+        echo(f"  events: {server.cli_line(redis_cli_path())} XREAD BLOCK 0 STREAMS {events} '$'")
+        echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
+             "spacevllm events tail")
+    else:
+        echo(f"  events: redis-cli -u {redact_url(url)} XREAD BLOCK 0 STREAMS {events} '$'"
+             f"   or: spacevllm events tail --redis-url {redact_url(url)}")
+
+
+def _wait_for_shutdown(roles: Supervisor, shutdown: threading.Event, max_seconds: float | None,
+                       echo: Callable[[str], None]) -> None:
+    """Until `shutdown` is set, the engine process dies (nothing would process the windows) or `max_seconds` pass."""
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    while not shutdown.wait(0.2):
+        if not roles.alive("engine"):
+            echo("the engine stopped unexpectedly; shutting down")
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+
+
 def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float | None = None,
            shutdown: threading.Event | None = None) -> None:
     """Embedded Redis (unless configured), the demo camera (+ configured cameras), ingest, one engine
     worker, the standing queries; events printed live until Ctrl-C / SIGTERM.
 
     Ingest and the engine run as separate processes (engine/app/supervisor.py), each with its own thread budget
-    (`up_threads`). Start order: the model first (a bad model fails before anything is started; the ONNX
-    export is cached then), then Redis, then ingest and the engine. Stop order: ingest (its cameras are
+    (`up_engine_threads`); the API and the media worker, when enabled, run in this process. Start order: the
+    model first (a bad model fails before anything is started; the ONNX export is cached then), then Redis, the
+    API and media, then ingest and the engine. Stop order: the API and media, then ingest (its cameras are
     marked stopped), then the engine (which ends their open events with `camera_stopped`), then the embedded
     Redis. Every exit path stops what was started."""
-    loaded = load_engine_model(cfg)  # CheckpointError: nothing started yet
+    load_engine_model(cfg)  # CheckpointError: nothing started yet; the engine process loads its own copy
     model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
-    del loaded  # the engine process loads its own copy
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: shutdown.set())
+    previous = stop_on_signals(shutdown) if threading.current_thread() is threading.main_thread() else {}
     server = api_server = media_thread = None
     media_stop = threading.Event()
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
-        where = f" (data in {server.data_dir})" if server else ""
-        echo(f"Redis: {redact_url(url)}{where}")
-        if server is not None and server.password:  # the password is read from its file, never printed
-            cli = server.cli_line(redis_cli_path())
-            echo(f"  events: {cli} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'")
-            echo(f"      or: REDIS_URL=\"redis://{server.username}:$(cat {server.password_file})@127.0.0.1:{server.port}/0\" "
-                 "spacevllm events tail")
-        else:
-            echo(f"  events: redis-cli -u {redact_url(url)} XREAD BLOCK 0 STREAMS {keys.events(keys.shard_of(DEFAULT_CAMERA_ID))} '$'"
-                 f"   or: spacevllm events tail --redis-url {redact_url(url)}")
+        _announce_redis(echo, url, server, keys)
         cameras = list(cfg.cameras) or [DEMO_CAMERA]
-        seed_queries(client, keys, (cfg.queries and [q.model_dump(exclude_none=True) for q in cfg.queries]) or DEMO_QUERIES, echo)
-        engine_threads, _ = up_threads(cfg)
+        seed_queries(client, keys, _up_queries(cfg), echo)
+        engine_threads = up_engine_threads(cfg)
         echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} "
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} thread{'' if engine_threads == 1 else 's'}); Ctrl-C stops")
-        # ---- the HTTP API (issue 12): its own block; stopped first on the way out
         api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
-        # ---- event media (issue 13): its own block; stopped with the API
         media_thread = start_media(cfg, client, keys, media_stop) if cfg.media.enabled else None
-        # ---- ingest and the engine: separate processes with their own thread budgets (issue 14)
         roles.start("engine", engine_role, (cfg, url, _for_child(echo)), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        while not shutdown.wait(0.2):
-            if not roles.alive("engine"):
-                echo("the engine stopped unexpectedly; shutting down")
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        _wait_for_shutdown(roles, shutdown, max_seconds, echo)
     finally:
         if api_server is not None:
             api_server.close()

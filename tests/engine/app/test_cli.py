@@ -57,3 +57,17 @@ def test_cameras_add_and_rm_when_called_then_registry_changes(redis_client, redi
 def test_format_event_when_old_event_then_line_starts_with_its_time():
     e = make_event(0)  # span 1700000000.0 - 1700000001.0
     assert format_event(e).startswith("2023-11-14 22:13:21.0 NEW ")
+
+
+def test_train_options_when_built_from_the_train_command_then_each_option_is_a_field():
+    import dataclasses
+
+    from engine.app.cli.model import TrainOptions, train
+
+    assert [f.name for f in dataclasses.fields(TrainOptions)] == [p.name for p in train.params]
+
+
+def test_query_ls_when_redis_is_unreachable_then_one_line_with_the_password_redacted():
+    r = CliRunner().invoke(main, ["query", "ls", "--redis-url", "redis://u:pw123@127.0.0.1:1/0"])
+    assert r.exit_code == 1 and r.output.startswith("Error: cannot reach Redis at redis://u:***@127.0.0.1:1/0: ")
+    assert "pw123" not in r.output and len(r.output.strip().splitlines()) == 1
