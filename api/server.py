@@ -23,6 +23,7 @@ from api.webhooks import WebhookDispatcher, redis_ports
 from engine.contracts.settings import ApiSettings
 from stream.keys import Keys
 from stream.redis_server import read_or_create_secret
+from stream.role import Keeper, StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,13 @@ class ApiServer:
     tokens: TokenStore
     stop: threading.Event
     media_dir: Path | None = None  # event media served under /v1/events/{id}/ (the media worker writes it)
+    # where the webhook dispatcher's state is recorded when it dies and is restarted (`up` passes its own board)
+    board: StatusBoard | None = None
 
     def __post_init__(self) -> None:
+        if self.board is None:
+            self.board = StatusBoard(self.client, self.keys, f"api-{socket.gethostname()}-{os.getpid()}")
+        self._keeper: Keeper | None = None
         check_exposure(self.settings.host, self.tokens)
         self.app = create_app(self.client, self.keys, self.settings, self.tokens, self.media_dir)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
@@ -90,9 +96,9 @@ class ApiServer:
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, lifespan="off", timeout_graceful_shutdown=2,
                                                     timeout_keep_alive=5))
-        self.dispatcher = (WebhookDispatcher(self.client, self.keys, self.settings, self.stop,
-                                             own_ports=(self.port, *redis_ports(self.client)))
-                           if self.settings.webhooks else None)
+        own_ports = (self.port, *redis_ports(self.client))
+        self._new_dispatcher = lambda: WebhookDispatcher(self.client, self.keys, self.settings, self.stop, own_ports=own_ports)
+        self.dispatcher = self._new_dispatcher() if self.settings.webhooks else None
         self._threads: list[threading.Thread] = []
 
     @property
@@ -108,17 +114,15 @@ class ApiServer:
         """Serve in background threads until `stop` is set (or `close()`)."""
         self._threads = [threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="api", daemon=True),
                          threading.Thread(target=self._watch_stop, name="api-stop", daemon=True)]
-        if self.dispatcher is not None:
-            self._threads.append(threading.Thread(target=self.dispatcher.run, name="webhooks", daemon=True))
         for t in self._threads:
             t.start()
+        self._keep_dispatcher()
         log.info("API on %s", self.url)
         return self
 
     def serve_forever(self) -> None:
         """Serve in this thread (uvicorn handles SIGINT/SIGTERM here) until stopped."""
-        if self.dispatcher is not None:
-            threading.Thread(target=self.dispatcher.run, name="webhooks", daemon=True).start()
+        self._keep_dispatcher()
         threading.Thread(target=self._watch_stop, name="api-stop", daemon=True).start()
         log.info("API on %s", self.url)
         try:
@@ -126,11 +130,26 @@ class ApiServer:
         finally:
             self.stop.set()
 
+    def _keep_dispatcher(self) -> None:
+        """The webhook dispatcher in a thread that is restarted (and reported on the board) if it ever dies."""
+        if self.dispatcher is None:
+            return
+
+        def run() -> None:
+            try:
+                self.dispatcher.run()
+            finally:  # a dispatcher that ended has shut its pool down: a restart gets a fresh one
+                self.dispatcher = self._new_dispatcher()
+
+        self._keeper = Keeper("webhooks", run, self.stop, self.board).start()
+
     def close(self) -> None:
         self.stop.set()
         self.server.should_exit = True
         for t in self._threads:
             t.join(timeout=5)
+        if self._keeper is not None:
+            self._keeper.join(timeout=10)
         self.sock.close()
 
 

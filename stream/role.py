@@ -207,7 +207,7 @@ class StatusBoard:
     """Where supervisors record their roles' states in Redis (TTL: a supervisor that is gone says nothing), and
     where `/readyz` and `/metrics` read them. Writing never raises: supervision must not die of an outage."""
 
-    TTL_S = 30
+    TTL_S = 120  # longer than the longest restart delay: a role being restarted stays reported meanwhile
 
     def __init__(self, client: redis.Redis, keys: Keys, supervisor: str) -> None:
         self.client = require_client(client, "StatusBoard")

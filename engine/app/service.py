@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from stream.ingest import IngestService
 from stream.keys import Keys
 from stream.cameras import CameraRegistry
 from stream.redis_server import EmbeddedRedis, connect, redis_server_binary
+from stream.role import Keeper, StatusBoard
 from stream.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def redis_cli_path() -> str:
 
 
 def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
-              echo: Callable[[str], None]):
+              echo: Callable[[str], None], board: StatusBoard | None = None):
     """`up`'s API: on api.host:api.port with an admin token (SVL_API_TOKEN, or one kept in the data dir); prints
     the URL and a curl line that works. A port in use is reported in one line and `up` goes on without the API."""
     from api.auth import Identity, Scope, TokenStore, digest
@@ -89,7 +91,7 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
     tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
     try:
-        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir()).start()
+        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir(), board=board).start()
     except ExposureError as exc:
         echo(f"API not started: {exc}")
         return None
@@ -99,15 +101,16 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     return server
 
 
-def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event) -> threading.Thread:
-    """`up`'s media worker (snapshots and clips of events, under `media.dir`) in a thread."""
+def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+                board: StatusBoard | None = None) -> Keeper:
+    """`up`'s media worker (snapshots and clips of events, under `media.dir`) in a thread, restarted if it dies."""
     from engine.media.worker import MediaWorker
     from engine.media.store import MediaStore
 
-    worker = MediaWorker(client, keys, cfg.media, MediaStore(cfg.media_dir()), stop)
-    thread = threading.Thread(target=worker.run, name="media", daemon=True)
-    thread.start()
-    return thread
+    def run() -> None:  # a fresh worker each start: it reloads its pending clips and resumes from its cursor
+        MediaWorker(client, keys, cfg.media, MediaStore(cfg.media_dir()), stop).run()
+
+    return Keeper("media", run, stop, board).start()
 
 
 def load_engine_model(cfg: ServiceConfig):
@@ -248,14 +251,16 @@ def _announce_redis(echo: Callable[[str], None], url: str, server: EmbeddedRedis
              f"   or: spacevllm events tail --redis-url {redact_url(url)}")
 
 
-def _wait_for_shutdown(roles: Supervisor, shutdown: threading.Event, max_seconds: float | None,
-                       echo: Callable[[str], None]) -> None:
-    """Until `shutdown` is set, the engine process dies (nothing would process the windows) or `max_seconds` pass."""
+def _supervise(roles: Supervisor, board: StatusBoard, shutdown: threading.Event, max_seconds: float | None) -> None:
+    """Until `shutdown` is set or `max_seconds` pass: restart a role process that dies (the supervisor logs it and
+    records it on the board, which /readyz reads), and keep the board's records fresh."""
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    refreshed = time.monotonic()
     while not shutdown.wait(0.2):
-        if not roles.alive("engine"):
-            echo("the engine stopped unexpectedly; shutting down")
-            return
+        roles.watch()
+        if time.monotonic() - refreshed >= 10.0:
+            board.publish()
+            refreshed = time.monotonic()
         if deadline is not None and time.monotonic() >= deadline:
             return
 
@@ -275,29 +280,30 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
     previous = stop_on_signals(shutdown) if threading.current_thread() is threading.main_thread() else {}
-    server = api_server = media_thread = None
+    server = api_server = media = None
     media_stop = threading.Event()
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
         keys = cfg.redis.keys()
+        board = roles.board = StatusBoard(client, keys, f"up-{socket.gethostname()}-{os.getpid()}")
         _announce_redis(echo, url, server, keys)
         cameras = list(cfg.cameras) or [DEMO_CAMERA]
         seed_queries(client, keys, _up_queries(cfg), echo)
         engine_threads = up_engine_threads(cfg)
         echo(f"cameras: {', '.join(c.id + '=' + redact_url(c.url) for c in cameras)}; model: {cfg.engine.model} "
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} thread{'' if engine_threads == 1 else 's'}); Ctrl-C stops")
-        api_server = start_api(cfg, client, keys, threading.Event(), echo) if cfg.api.enabled else None
-        media_thread = start_media(cfg, client, keys, media_stop) if cfg.media.enabled else None
+        api_server = start_api(cfg, client, keys, threading.Event(), echo, board) if cfg.api.enabled else None
+        media = start_media(cfg, client, keys, media_stop, board) if cfg.media.enabled else None
         roles.start("engine", engine_role, (cfg, url, _for_child(echo)), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
-        _wait_for_shutdown(roles, shutdown, max_seconds, echo)
+        _supervise(roles, board, shutdown, max_seconds)
     finally:
         if api_server is not None:
             api_server.close()
         media_stop.set()
-        if media_thread is not None:
-            media_thread.join(timeout=10)
+        if media is not None:
+            media.join(timeout=10)
         roles.stop("ingest", timeout_s=15.0)
         # after ingest: its cameras are stopped; the engine finishes their windows and ends their events
         if not roles.finish("engine", timeout_s=30.0):

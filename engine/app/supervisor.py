@@ -23,8 +23,11 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from stream.role import StatusBoard, restart_delay
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,18 @@ class RoleControl:
 @dataclass
 class _Role:
     name: str
-    process: mp.Process
-    stop: object  # shared flags (multiprocessing RawValue), polled by the child: unlike a multiprocessing Event,
-    finish: object  # setting one never blocks on a child that died while waiting on it
+    target: Callable
+    args: tuple
+    threads: int
+    process: mp.Process | None = None
+    stop: object = None  # shared flags (multiprocessing RawValue), polled by the child: unlike a multiprocessing Event,
+    finish: object = None  # setting one never blocks on a child that died while waiting on it
+    started_at: float = 0.0  # monotonic
+    stopping: bool = False  # asked to stop or finish: its end is not a crash
+    restarts: int = 0
+    streak: int = 0  # deaths in a row, each within STABLE_S of its start
+    restart_at: float | None = None  # monotonic; set while it waits to be started again
+    error: str = ""
 
 
 def _child(name: str, target: Callable, stop, finish, threads: int, log_level: int, args: tuple) -> None:
@@ -71,14 +83,37 @@ def _child(name: str, target: Callable, stop, finish, threads: int, log_level: i
     target(RoleControl(name, local_stop, local_finish, threads), *args)
 
 
-class Supervisor:
-    """Start roles, tell them to finish or stop, and make sure none outlives `close()`."""
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "it stopped"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
 
-    def __init__(self) -> None:
+
+class Supervisor:
+    """Start roles, tell them to finish or stop, restart one that dies on its own (`watch`, with capped backoff,
+    recorded on the status board), and make sure none outlives `close()`."""
+
+    STABLE_S = 60.0  # a role that ran this long before dying restarts from the shortest delay
+
+    def __init__(self, board: StatusBoard | None = None, initial_s: float = 1.0, max_s: float = 30.0) -> None:
         self.ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads, locks or torch state
         self.roles: dict[str, _Role] = {}
+        self.board = board
+        self.initial_s, self.max_s = initial_s, max_s
 
     def start(self, name: str, target: Callable, args: tuple = (), threads: int = 0) -> None:
+        role = self.roles[name] = _Role(name, target, args, threads)
+        self._spawn(role)
+        if self.board is not None:
+            self.board.set(name, "running")
+
+    def _spawn(self, role: _Role) -> None:
+        name, target, args, threads = role.name, role.target, role.args, role.threads
         stop, finish = self.ctx.RawValue("b", 0), self.ctx.RawValue("b", 0)
         proc = self.ctx.Process(target=_child, name=f"spacevllm-{name}", daemon=False,
                                 args=(name, target, stop, finish, threads, logging.getLogger().getEffectiveLevel(), args))
@@ -96,12 +131,42 @@ class Supervisor:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.roles[name] = _Role(name, proc, stop, finish)
+        role.process, role.stop, role.finish, role.started_at = proc, stop, finish, time.monotonic()
         log.info("started %s (pid %d, threads %s)", name, proc.pid, threads or "default")
+
+    def watch(self) -> list[str]:
+        """Restart what died without being asked to: the death is logged with how it ended and recorded
+        `restarting` on the board; the role starts again after `restart_delay` (capped). Returns the roles that
+        died in this call. Call it often (`up` does, every 0.2 s)."""
+        died = []
+        now = time.monotonic()
+        for role in self.roles.values():
+            if role.stopping or role.process is None or role.process.is_alive():
+                continue
+            if role.restart_at is None:
+                role.streak = role.streak + 1 if now - role.started_at < self.STABLE_S else 1
+                role.restarts += 1
+                role.error = describe_exit(role.process.exitcode)
+                delay = restart_delay(role.streak - 1, self.initial_s, self.max_s)
+                role.restart_at = now + delay
+                log.error("%s stopped unexpectedly (%s); restarting in %.0f s (restart %d)", role.name, role.error, delay,
+                          role.restarts)
+                if self.board is not None:
+                    self.board.set(role.name, "restarting", role.error, role.restarts)
+                died.append(role.name)
+            elif now >= role.restart_at:
+                role.restart_at = None
+                self._spawn(role)
+                if self.board is not None:
+                    self.board.set(role.name, "running", role.error, role.restarts)
+        return died
 
     def alive(self, name: str) -> bool:
         role = self.roles.get(name)
-        return role is not None and role.process.is_alive()
+        return role is not None and role.process is not None and role.process.is_alive()
+
+    def restarts(self, name: str) -> int:
+        return self.roles[name].restarts
 
     def exitcode(self, name: str) -> int | None:
         return self.roles[name].process.exitcode
@@ -109,8 +174,9 @@ class Supervisor:
     def finish(self, name: str, timeout_s: float) -> bool:
         """Ask a role to work off what is waiting and stop; True when it ended within `timeout_s`."""
         role = self.roles.get(name)
-        if role is None:
+        if role is None or role.process is None:
             return True
+        role.stopping = True
         role.finish.value = 1
         role.process.join(timeout_s)
         return not role.process.is_alive()
@@ -118,8 +184,11 @@ class Supervisor:
     def stop(self, name: str, timeout_s: float = 15.0) -> None:
         """Ask a role to stop; after `timeout_s` terminate it, then kill it."""
         role = self.roles.get(name)
-        if role is None:
+        if role is None or role.process is None:
             return
+        role.stopping = True
+        if self.board is not None:
+            self.board.clear(name)
         role.stop.value = 1
         role.process.join(timeout_s)
         if role.process.is_alive():

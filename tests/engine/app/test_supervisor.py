@@ -100,3 +100,33 @@ def test_start_when_ctrl_c_reaches_the_process_group_leaves_the_roles_to_the_par
         assert not roles.alive("a")
     finally:
         roles.close()
+
+
+def test_watch_when_a_role_is_killed_then_restarted_with_backoff_and_the_board_says_so(tmp_path, redis_client):
+    from stream.keys import Keys
+    from stream.role import StatusBoard
+    from tests.waiting import wait_for
+
+    keys = Keys("sup:")
+    board = StatusBoard(redis_client, keys, "up-test")
+    roles = Supervisor(board, initial_s=0.2, max_s=1.0)
+    try:
+        # given a running role
+        roles.start("ingest", sleeper_role, (str(tmp_path / "i"),))
+        first = int(_wait_for(tmp_path / "i").split()[0])
+        (tmp_path / "i").unlink()
+        # when it is killed with SIGKILL
+        os.kill(first, signal.SIGKILL)
+        # then the supervisor notices, records it restarting with how it ended, and starts it again
+        wait_for(lambda: roles.watch() or roles.restarts("ingest") == 1, 10, "the death noticed")
+        [st] = StatusBoard.read(redis_client, keys)
+        assert (st.role, st.state, st.error, st.restarts) == ("ingest", "restarting", "killed by SIGKILL", 1)
+        wait_for(lambda: roles.watch() is not None and (tmp_path / "i").exists() and (tmp_path / "i").read_text(), 60,
+                 "the role started again")
+        assert int((tmp_path / "i").read_text().split()[0]) != first
+        assert [s.state for s in StatusBoard.read(redis_client, keys)] == ["running"]
+        # and a role asked to stop is not restarted, and leaves no status
+        roles.stop("ingest", timeout_s=10)
+        assert roles.watch() == [] and not roles.alive("ingest") and StatusBoard.read(redis_client, keys) == []
+    finally:
+        roles.close()
