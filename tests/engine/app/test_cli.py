@@ -15,8 +15,8 @@ from tests.api.events_helpers import make_event
 KEYS = Keys()
 
 
-def run(redis_url, *args):
-    return CliRunner().invoke(main, [*args, "--redis-url", redis_url], catch_exceptions=False)
+def run(redis_url, *args, env=None):
+    return CliRunner().invoke(main, [*args, "--redis-url", redis_url], catch_exceptions=False, env=env)
 
 
 def test_query_add_when_id_exists_then_refused_unless_replace(redis_client, redis_url):
@@ -24,10 +24,25 @@ def test_query_add_when_id_exists_then_refused_unless_replace(redis_client, redi
     r = run(redis_url, "query", "add", "the blue square", "--id", "q1")
     assert r.exit_code != 0 and "exists (--replace replaces it)" in r.output
     assert QueryRegistry(redis_client, KEYS).get("q1").text == "the red circle"
-    r = run(redis_url, "query", "add", "the blue square", "--id", "q1", "--replace", "--webhook", "http://127.0.0.1:9/h=k3y")
+    r = run(redis_url, "query", "add", "the blue square", "--id", "q1", "--replace", "--webhook", "http://127.0.0.1:9/h",
+            env={"SVL_WEBHOOK_SECRET": "k3y"})
     assert r.exit_code == 0
     q = QueryRegistry(redis_client, KEYS).get("q1")
     assert q.text == "the blue square" and q.webhooks[0].url == "http://127.0.0.1:9/h" and q.webhooks[0].secret == "k3y"
+
+
+def test_query_add_when_a_webhook_has_no_secret_source_then_refused_saying_where_it_comes_from(redis_client, redis_url,
+                                                                                             tmp_path):
+    # given no secret in the environment or a file (and no terminal to ask on)
+    r = run(redis_url, "query", "add", "the red circle", "--webhook", "http://127.0.0.1:9/h", env={"SVL_WEBHOOK_SECRET": ""})
+    # then the command says where the secret comes from, and nothing is stored
+    assert r.exit_code != 0 and "--webhook-secret-file" in r.output and "SVL_WEBHOOK_SECRET" in r.output
+    assert QueryRegistry(redis_client, KEYS).all() == []
+    # and a secret file works (the secret never on the command line)
+    (tmp_path / "secret").write_text("s3cret\n")
+    r = run(redis_url, "query", "add", "the red circle", "--id", "q2", "--webhook", "http://127.0.0.1:9/h",
+            "--webhook-secret-file", str(tmp_path / "secret"), env={"SVL_WEBHOOK_SECRET": ""})
+    assert r.exit_code == 0 and QueryRegistry(redis_client, KEYS).get("q2").webhooks[0].secret == "s3cret"
 
 
 def test_query_add_when_invalid_then_the_field_is_named(redis_url):
