@@ -19,6 +19,7 @@ from stream.imagecodec import encode_image
 from stream.keys import Keys
 from stream.preview import preview_jpeg
 from stream.redis_link import RedisLink, backoff_delay
+from stream.role import require_client
 from stream.sources import RawFrame, SourceEnded, SourceError, open_source
 from stream.store import WindowStore
 from stream.types import Window
@@ -61,8 +62,7 @@ class CameraWorker(threading.Thread):
                  stop: threading.Event, health_ttl_s: float = 300.0, now: Callable[[], float] = time.time,
                  decoder_threads: int = 0) -> None:
         super().__init__(name=f"camera-{settings.id}", daemon=True)
-        if client is None:
-            raise TypeError("CameraWorker needs a Redis client")
+        require_client(client, "CameraWorker")
         if windows.input_size is None:
             raise ValueError(f"camera {settings.id}: windows.input_size is not set; the service fills in the model's "
                              "(engine.app.service.model_windows) before ingest starts")

@@ -8,15 +8,14 @@ import redis
 
 from stream.keys import Keys
 from stream.types import Window
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
 
 class WindowStore:
     def __init__(self, client: redis.Redis, keys: Keys, frame_ttl_s: float = 60.0, windows_maxlen: int = 10_000) -> None:
-        if client is None:
-            raise TypeError("WindowStore needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "WindowStore")
         self.keys = keys
         self.frame_ttl_ms = int(frame_ttl_s * 1000)
         self.windows_maxlen = windows_maxlen

@@ -16,15 +16,14 @@ from engine.contracts.events import GroundingEvent
 from engine.contracts.feed import EventFeed, EventFilter
 from engine.contracts.queries import QueryRegistry, StandingQuery, validate_query
 from stream.keys import Keys
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
 
 class GroundingClient:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
-        if client is None:
-            raise TypeError("GroundingClient needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "GroundingClient")
         self.keys = keys or Keys()
         self.registry = QueryRegistry(client, self.keys)
 

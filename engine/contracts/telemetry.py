@@ -21,6 +21,7 @@ import redis
 
 from stream.keys import Keys
 from stream.redis_link import text
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ class RedisCounters:
     """Counters and histograms of one role in one Redis hash."""
 
     def __init__(self, client: redis.Redis, key: str) -> None:
-        if client is None:
-            raise TypeError("RedisCounters needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "RedisCounters")
         self.key = key
 
     def update(self, counts: dict[str, float] | None = None,

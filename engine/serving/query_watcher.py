@@ -24,6 +24,7 @@ from engine.contracts.queries import QueryRegistry, StandingQuery
 from stream.health import CameraState, read_health
 from stream.keys import Keys
 from stream.redis_link import text
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ ENDED_CAMERA_STATES = (CameraState.STOPPED, CameraState.FAILED)
 class QueryWatcher:
     def __init__(self, client: redis.Redis, keys: Keys, store: EventStore, drained: Callable[[int], bool] = lambda shard: True,
                  reload_s: float = 5.0, camera_check_s: float = 5.0, now: Callable[[], float] = time.monotonic) -> None:
-        if client is None:
-            raise TypeError("QueryWatcher needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "QueryWatcher")
         self.keys = keys
         self.store = store
         self.drained = drained

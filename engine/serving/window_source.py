@@ -22,6 +22,7 @@ import redis
 
 from stream.keys import Keys
 from stream.redis_link import backoff_delay, text, text_fields
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ class WindowSource:
     def __init__(self, client: redis.Redis, keys: Keys, group: str, consumer: str, block_ms: int = 1000,
                  claim_idle_ms: int = 30_000, max_deliveries: int = 3, retry_backoff_s: float = 1.0,
                  cluster: bool | None = None, batch: int = 1) -> None:
-        if client is None:
-            raise TypeError("WindowSource needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "WindowSource")
         self.keys = keys
         self.group = group
         self.consumer = consumer

@@ -18,11 +18,12 @@ def cameras_ls(config_path, redis_url) -> None:
     # the registered cameras, and any an ingest announces without their being registered
     from stream.cameras import CameraRegistry
     from stream.health import read_health
+    from stream.redis_link import text
     from stream.urls import redact_url
 
     client, keys = redis_client(config_path, redis_url)
     registered = {c.id: c for c in CameraRegistry(client, keys).all()}
-    announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
+    announced = {text(m) for m in client.smembers(keys.cameras())}
     click.echo("ID\tSTATE\tFPS\tDECODED\tDROPPED\tRECONNECTS\tURL\tLAST ERROR")
     for cid in sorted(set(registered) | announced):
         try:
