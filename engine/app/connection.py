@@ -4,13 +4,31 @@ Kept apart from engine/app/service.py so a command that only talks to Redis (`sp
 import torch with the serving code."""
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import redis
 from redis.exceptions import RedisClusterException
 
 from engine.contracts.settings import RedisSettings
 from stream.keys import LayoutMismatch, check_layout
-from stream.redis_server import connect
+from stream.redis_server import connect, private_dir
 from stream.urls import redact_url
+
+
+def private_state(data_dir: str | Path) -> Path:
+    """What a serving process writes (the data dir, the embedded Redis's AOF, media, tokens, the ONNX cache) is its
+    owner's only: the process's umask is 077 and the data dir 0700 (tightened if an older version left it open)."""
+    os.umask(0o077)
+    try:
+        return private_dir(Path(data_dir))
+    except OSError as exc:  # a read-only or foreign data dir (a container's): the roles that write there will say so
+        log.warning("data dir %s: cannot make it private: %s", data_dir, exc)
+        return Path(data_dir)
+
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(RuntimeError):

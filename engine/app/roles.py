@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from engine.app.connection import ServiceError
+from engine.app.connection import ServiceError, private_state
 from engine.app.service import (build_engine, format_event, load_engine_model, model_windows, open_redis,
                                 seed_queries, stop_on_signals)
 from engine.contracts.settings import ServiceConfig
@@ -36,6 +36,7 @@ def _config_queries(cfg: ServiceConfig) -> list[dict]:
 def run_ingest(cfg: ServiceConfig, echo: Callable[[str], None], health_port: int | None = None) -> None:
     """Cameras -> windows. The config's cameras seed the camera registry in Redis; cameras added or removed there
     (API, `spacevllm cameras`) are picked up while running. Redis may be the embedded one (a single machine)."""
+    private_state(cfg.data_dir)
     client, server, url = open_redis(cfg)
     echo(f"Redis: {redact_url(url)}")
     keys = cfg.redis.keys()
@@ -55,6 +56,7 @@ def run_engine(cfg: ServiceConfig, echo: Callable[[str], None], consumer: str | 
                health_port: int | None = None, max_windows: int | None = None, idle_exit_s: float | None = None) -> None:
     """Windows -> grounding events, each printed; registers the config's queries. `max_windows` and
     `idle_exit_s` end it early (tests, benches)."""
+    private_state(cfg.data_dir)
     _require_shared_redis(cfg, "the engine")
     stop = threading.Event()
     stop_on_signals(stop)
@@ -70,6 +72,7 @@ def run_engine(cfg: ServiceConfig, echo: Callable[[str], None], consumer: str | 
 
 def run_api(cfg: ServiceConfig, echo: Callable[[str], None], host: str | None = None, port: int | None = None) -> None:
     """The HTTP API on `host`:`port` (each None: the config's `api.host` / `api.port`)."""
+    private_state(cfg.data_dir)
     from api.server import ExposureError, build_server
 
     _require_shared_redis(cfg, "the API")
@@ -85,6 +88,7 @@ def run_api(cfg: ServiceConfig, echo: Callable[[str], None], host: str | None = 
 
 def run_media(cfg: ServiceConfig, echo: Callable[[str], None], health_port: int | None = None) -> None:
     """Event media: follow the event feed; a snapshot per event, a clip when it ends (files under media.dir)."""
+    private_state(cfg.data_dir)
     from engine.media.store import MediaStore
     from engine.media.worker import MediaWorker
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from engine.app.connection import ServiceError, checked_client
+from engine.app.connection import ServiceError, checked_client, private_state
 from engine.contracts.events import GroundingEvent
 from engine.serving.grounder import WindowGrounder
 from engine.contracts.queries import QueryRegistry, validate_query
@@ -276,6 +276,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     API and media, then ingest and the engine. Stop order: the API and media, then ingest (its cameras are
     marked stopped), then the engine (which ends their open events with `camera_stopped`), then the embedded
     Redis. Every exit path stops what was started."""
+    private_state(cfg.data_dir)
     load_engine_model(cfg)  # CheckpointError: nothing started yet; the engine process loads its own copy
     model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)

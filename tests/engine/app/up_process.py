@@ -56,6 +56,15 @@ class UpProcess:
             self.url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
         return self.url
 
+    def redis(self):
+        """A client of the embedded Redis, as the service's user (its password read from its file)."""
+        from stream.redis_server import connect
+
+        line = next((line for line in self.out if line.startswith("Redis: ")), None) or self.wait_line(r"^Redis: ")
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        password = (self.data_dir / "redis" / "redis.password").read_text().strip()
+        return connect(f"redis://svl:{password}@127.0.0.1:{port}/0")
+
     def token(self) -> str:
         return (self.data_dir / "api-token").read_text().strip()
 
