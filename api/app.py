@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import anyio
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api import cameras, dashboard, events, media, queries
 from api.auth import TokenStore
 from api.context import READ, ApiContext, ctx
+from api.events import StreamSlots
 from api.metrics import build_registry
+from api.middleware import RequestGuard
 from api.schemas import Health, Readiness, error_answers
 from engine.contracts.errors import error_list
 from engine.contracts.feed import EventFeed
@@ -33,7 +34,8 @@ REQUIRED_ROLES = ("engine", "ingest")  # without one of each, nothing is grounde
 
 
 def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None,
-               media_dir: str | Path | None = None) -> FastAPI:
+               media_dir: str | Path | None = None, file_roots: tuple[str, ...] = ()) -> FastAPI:
+    """`file_roots`: ingest.file_roots, the directories whose files a camera added here may play."""
     if client is None:
         raise TypeError("create_app needs a Redis client")
     settings = settings or ApiSettings()
@@ -41,33 +43,19 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
                   description="Standing natural-language queries on live cameras; grounding events (when and where).")
     app.state.ctx = ApiContext(client, keys, settings, tokens or TokenStore(), EventFeed(client, keys),
                                QueryRegistry(client, keys), CameraRegistry(client, keys),
-                               Path(media_dir) if media_dir else None)
-    limiter_box: list = []
-
-    def stream_limiter() -> anyio.CapacityLimiter:  # made inside the event loop, on first use
-        if not limiter_box:
-            limiter_box.append(anyio.CapacityLimiter(settings.max_streams))
-        return limiter_box[0]
-
-    app.state.stream_limiter = stream_limiter
+                               Path(media_dir) if media_dir else None, tuple(file_roots))
+    app.state.stream_slots = slots = StreamSlots(settings.max_streams)
 
     def camera_ids() -> set[str]:
         announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
         return announced | {c.id for c in app.state.ctx.cameras.all()}
 
-    registry, requests = build_registry(client, keys, camera_ids,
-                                        lambda: stream_limiter().borrowed_tokens if limiter_box else 0)
+    registry, requests = build_registry(client, keys, camera_ids, lambda: slots.open)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, requests=requests)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": error_list(exc.errors())}, status_code=422)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
 
     @app.get("/healthz", tags=["health"], response_model=Health)
     def healthz() -> dict:

@@ -1,12 +1,14 @@
 """`/v1/cameras`: the camera registry (what ingest runs) joined with each camera's health.
 
 A camera added here is started by the running ingest, one deleted is stopped (no restart). Adding and
-deleting need the `admin` scope: ingest opens whatever URL a camera names (a `file://` URL reads
-local files). Passwords in camera URLs are never returned.
+deleting need the `admin` scope: ingest opens whatever URL a camera names. A `file://` camera is accepted
+only under `ingest.file_roots` (ingest refuses the others too). Passwords in camera URLs are never returned, nor
+repeated in a 422.
 """
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
+from fastapi.exceptions import RequestValidationError
 
 from api.context import ADMIN, READ, ApiContext, ctx
 from api.schemas import CameraAnswer, error_answers
@@ -14,7 +16,7 @@ from engine.contracts.settings import CameraSettings
 from stream.cameras import CameraExists
 from stream.health import read_health
 from stream.keys import ID_PATTERN
-from stream.urls import redact_url
+from stream.urls import file_path, redact_url, under_roots
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"], responses=error_answers(401, 403))
 CameraId = Path(..., pattern=ID_PATTERN.pattern, description="camera id")
@@ -44,8 +46,14 @@ def list_cameras(c: ApiContext = Depends(ctx)) -> list[dict]:
     return [_show(c, cid, registered.get(cid)) for cid in ids]
 
 
-@router.post("", status_code=201, dependencies=[ADMIN], response_model=CameraAnswer, responses=error_answers(409, 422))
+@router.post("", status_code=201, dependencies=[ADMIN], response_model=CameraAnswer, responses=error_answers(409, 413, 422))
 def add_camera(camera: CameraSettings, response: Response, c: ApiContext = Depends(ctx)) -> dict:
+    path = file_path(camera.url)
+    if path is not None and not under_roots(path, list(c.file_roots)):
+        roots = ", ".join(c.file_roots) or "none configured"
+        raise RequestValidationError([{"loc": ("body", "url"), "type": "value_error",
+                                       "msg": f"{redact_url(camera.url)!r}: a camera added at run time may play only "
+                                              f"files under ingest.file_roots ({roots})"}])
     try:
         c.cameras.add(camera, replace=False)
     except CameraExists:

@@ -26,6 +26,7 @@ class ApiContext:
     queries: QueryRegistry
     cameras: CameraRegistry
     media_dir: Path | None = None  # event media (snapshots, clips) made by the media worker
+    file_roots: tuple[str, ...] = ()  # ingest.file_roots: where a camera added over HTTP may read files
 
 
 def ctx(request: Request) -> ApiContext:

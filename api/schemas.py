@@ -1,5 +1,6 @@
 """The JSON answers of the HTTP API, as pydantic models: the routes declare them (`response_model=`), so
-`/openapi.json` has a schema for every answer, and every answer is checked against its schema on the way out.
+`/openapi.json` has a schema for every answer, and every answer is checked against its schema on the way out. Also
+the one request body that is not a shared schema (`QueryUpdate`, a PUT's).
 
 They describe the JSON exactly as the records' `to_dict` / `to_json` write it (the dashboard and clients read
 those keys). A key that is only sometimes present (an event's `reason`, the parts of a media status) is a field
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.contracts.events import EndReason, EventType
 from engine.contracts.queries import REDACTED, QuerySpec, WebhookSpec
@@ -41,6 +42,7 @@ class ValidationAnswer(Answer):
 
 _ERRORS = {401: ("no token, or an invalid one", ErrorAnswer), 403: ("the token's scope is too small", ErrorAnswer),
            404: ("not found", ErrorAnswer), 409: ("exists already", ErrorAnswer),
+           413: ("the request body is larger than api.max_body_bytes", ErrorAnswer),
            422: ("a field failed validation", ValidationAnswer), 503: ("unavailable", ErrorAnswer)}
 
 
@@ -75,6 +77,26 @@ class Readiness(Answer):
 # ---- queries ------------------------------------------------------------------------------------
 class RedactedWebhook(WebhookSpec):
     secret: Literal[REDACTED]  # write-only: never shown
+
+
+class SinkUpdate(WebhookSpec):
+    """A sink in a PUT: its secret may be left as it is."""
+
+    secret: str | None = Field(None, description=f"the HMAC key; absent or {REDACTED!r}: the secret this query's sink "
+                                                 "with the same URL has (a sink the query does not have needs one)")
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, v):  # checked once the secret is known (QuerySpec, after api/queries.py fills it in)
+        return v
+
+
+class QueryUpdate(QuerySpec):
+    """The body of `PUT /v1/queries/{id}`: a QuerySpec whose sinks may keep their stored secrets, so what a GET
+    answered can be sent back as it is. Fields left out take their defaults, except `webhooks`: left out, the
+    query keeps its sinks."""
+
+    webhooks: list[SinkUpdate] = Field([], description="sinks (at most 8); left out: the query's sinks as they are")
 
 
 class QueryAnswer(QuerySpec):

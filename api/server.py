@@ -73,13 +73,14 @@ class ApiServer:
     media_dir: Path | None = None  # event media served under /v1/events/{id}/ (the media worker writes it)
     # where the webhook dispatcher's state is recorded when it dies and is restarted (`up` passes its own board)
     board: StatusBoard | None = None
+    file_roots: tuple[str, ...] = ()  # ingest.file_roots: the files a camera added over HTTP may play
 
     def __post_init__(self) -> None:
         if self.board is None:
             self.board = StatusBoard(self.client, self.keys, f"api-{socket.gethostname()}-{os.getpid()}")
         self._keeper: Keeper | None = None
         check_exposure(self.settings.host, self.tokens)
-        self.app = create_app(self.client, self.keys, self.settings, self.tokens, self.media_dir)
+        self.app = create_app(self.client, self.keys, self.settings, self.tokens, self.media_dir, self.file_roots)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -94,8 +95,11 @@ class ApiServer:
                                 f"(set api.port, or --port)") from None
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
+        # no uvicorn access log: it prints the query string; api/middleware.py logs each request without it. Disabled,
+        # not only left without handlers: a handler attached later (a logging config, a test harness) gets nothing
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, lifespan="off", timeout_graceful_shutdown=2,
-                                                    timeout_keep_alive=5))
+                                                    timeout_keep_alive=5, access_log=False))
+        logging.getLogger("uvicorn.access").disabled = True
         own_ports = (self.port, *redis_ports(self.client))
         self._new_dispatcher = lambda: WebhookDispatcher(self.client, self.keys, self.settings, self.stop, own_ports=own_ports)
         self.dispatcher = self._new_dispatcher() if self.settings.webhooks else None
@@ -154,6 +158,7 @@ class ApiServer:
 
 
 def build_server(client: redis.Redis, keys: Keys, settings: ApiSettings, data_dir: str | None,
-                 stop: threading.Event | None = None, media_dir: Path | None = None) -> ApiServer:
+                 stop: threading.Event | None = None, media_dir: Path | None = None,
+                 file_roots: tuple[str, ...] = ()) -> ApiServer:
     tokens = TokenStore.load(tokens_path(settings, data_dir))
-    return ApiServer(client, keys, settings, tokens, stop or threading.Event(), media_dir)
+    return ApiServer(client, keys, settings, tokens, stop or threading.Event(), media_dir, file_roots=tuple(file_roots))

@@ -23,12 +23,15 @@ def _split_userinfo(url: str) -> tuple[str, str | None, str] | None:
     head, sep, tail = url.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
         return None
-    best = None
+    best = last = None
     for i, ch in enumerate(tail):
         if ch == "@":
+            last = i
             after = re.split(r"[/?#]", tail[i + 1:], maxsplit=1)[0]
             if _HOSTPORT.match(after):
                 best = i
+    if best is None:
+        best = last  # no valid host[:port] follows any `@` (a bad port: the URL fails validation): mask up to the last
     if best is None:
         return head + sep, None, tail
     return head + sep, tail[:best], tail[best + 1:]

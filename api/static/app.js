@@ -257,6 +257,10 @@ async function play(eventId) {
 }
 
 // ---- Queries ----------------------------------------------------------------------------
+// The form edits every field of a query. Webhook secrets are write-only (the API answers "<redacted>"): an
+// existing sink's secret field stays empty unless a new one is typed, and is sent as "<redacted>", which the API
+// reads as "keep this sink's secret" (a sink the query does not have needs a real one).
+const REDACTED = "<redacted>";
 let editing = null;
 async function loadQueries() {
   let qs;
@@ -270,25 +274,39 @@ async function loadQueries() {
       if ((await api(`/v1/queries/${encodeURIComponent(q.id)}`, { method: "DELETE" })).ok) loadQueries();
     });
     return el("tr", { "data-query-id": q.id }, el("td", {}, q.id), el("td", { class: "text" }, q.text),
-      el("td", {}, q.cameras.join(", ")), el("td", {}, q.threshold ?? "default"), el("td", {}, `${q.cooldown_s} s`),
+      el("td", {}, q.cameras.join(", ")), el("td", {}, q.threshold ?? "default"), el("td", {}, `${q.min_duration_s} s`),
+      el("td", {}, `${q.cooldown_s} s`), el("td", { class: "webhooks" }, q.webhooks.map((w) => w.url).join(" ")),
       el("td", {}, edit, " ", rm));
   }));
   fillSelect($("#f-query"), qs.map((q) => q.id));
 }
+function addSinkRow(url = "", known = false) {
+  const secret = el("input", { type: "password", class: "sink-secret", autocomplete: "new-password",
+    placeholder: known ? "unchanged" : "secret" });
+  const row = el("div", { class: "sink" }, el("input", { class: "sink-url", value: url, placeholder: "URL the events are POSTed to" }),
+    secret, el("button", { type: "button", class: "sink-remove", title: "remove this webhook" }, "×"));
+  row.querySelector(".sink-remove").addEventListener("click", () => row.remove());
+  $("#q-webhooks").append(row);
+  return row;
+}
 function startEdit(q) {
+  resetForm();
   editing = q.id;
   $("#query-form-title").textContent = `Edit ${q.id}`;
   $("#q-id").value = q.id; $("#q-id").disabled = true;
   $("#q-text").value = q.text;
   $("#q-cameras").value = q.cameras.join(", ");
   $("#q-threshold").value = q.threshold ?? "";
+  $("#q-min-duration").value = q.min_duration_s;
   $("#q-cooldown").value = q.cooldown_s;
+  for (const w of q.webhooks) addSinkRow(w.url, true);
   $("#q-submit").textContent = "Save";
   $("#q-cancel").hidden = false;
 }
 function resetForm() {
   editing = null;
   $("#query-form").reset();
+  $("#q-webhooks").replaceChildren();
   $("#q-id").disabled = false;
   $("#query-form-title").textContent = "Add a standing query";
   $("#q-submit").textContent = "Add";
@@ -300,6 +318,27 @@ function clearErrors() {
   for (const i of document.querySelectorAll("#query-form input")) i.classList.remove("invalid");
 }
 function numberOrRaw(v) { const n = Number(v); return v.trim() !== "" && !Number.isNaN(n) ? n : v; }
+function sinks() {
+  const out = [];
+  for (const row of document.querySelectorAll("#q-webhooks .sink")) {
+    const url = row.querySelector(".sink-url").value.trim();
+    const secret = row.querySelector(".sink-secret").value;
+    if (!url && !secret) continue;
+    // left empty: the secret the query has for this URL (editing), else none (the API says it is required)
+    if (secret) out.push({ url, secret }); else if (editing) out.push({ url, secret: REDACTED }); else out.push({ url });
+  }
+  return out;
+}
+function showError(d) {
+  const field = d.loc && d.loc.length > 1 ? String(d.loc[1]) : null;
+  const span = field && $(`#query-form .error[data-for="${field}"]`);
+  if (!span) { $("#q-form-error").textContent += `${(d.loc || []).join(".")}: ${d.msg} `; return; }
+  span.textContent += (span.textContent ? " " : "") + (field === "webhooks" && d.loc.length > 2 ? `#${d.loc[2] + 1}: ${d.msg}` : d.msg);
+  const inputs = field === "webhooks" && typeof d.loc[2] === "number"
+    ? document.querySelectorAll(`#q-webhooks .sink:nth-child(${d.loc[2] + 1}) input`)
+    : document.querySelectorAll(`#query-form input[name="${field}"]`);
+  for (const input of inputs) input.classList.add("invalid");
+}
 async function submitQuery(ev) {
   ev.preventDefault();
   clearErrors();
@@ -307,27 +346,16 @@ async function submitQuery(ev) {
   if ($("#q-id").value.trim()) body.id = $("#q-id").value.trim();
   body.cameras = $("#q-cameras").value.split(",").map((s) => s.trim()).filter(Boolean);
   if ($("#q-threshold").value.trim()) body.threshold = numberOrRaw($("#q-threshold").value);
+  if ($("#q-min-duration").value.trim()) body.min_duration_s = numberOrRaw($("#q-min-duration").value);
   if ($("#q-cooldown").value.trim()) body.cooldown_s = numberOrRaw($("#q-cooldown").value);
+  body.webhooks = sinks();  // always sent: removing every row removes every sink
   const path = editing ? `/v1/queries/${encodeURIComponent(editing)}` : "/v1/queries";
   const r = await api(path, { method: editing ? "PUT" : "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (r.ok) { resetForm(); loadQueries(); return; }
   let detail = null;
   try { detail = (await r.json()).detail; } catch { /* not JSON */ }
-  if (Array.isArray(detail)) {
-    for (const d of detail) {
-      const field = d.loc && d.loc.length > 1 ? String(d.loc[1]) : null;
-      const span = field && $(`#query-form .error[data-for="${field}"]`);
-      if (span) {
-        span.textContent = d.msg;
-        const input = $(`#query-form input[name="${field}"]`);
-        if (input) input.classList.add("invalid");
-      } else {
-        $("#q-form-error").textContent += `${(d.loc || []).join(".")}: ${d.msg} `;
-      }
-    }
-  } else {
-    $("#q-form-error").textContent = typeof detail === "string" ? detail : `error ${r.status}`;
-  }
+  if (Array.isArray(detail)) for (const d of detail) showError(d);
+  else $("#q-form-error").textContent = typeof detail === "string" ? detail : `error ${r.status}`;
 }
 
 // ---- pages ------------------------------------------------------------------------------
@@ -353,6 +381,7 @@ function start() {
   $("#event-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadEvents(); });
   $("#query-form").addEventListener("submit", submitQuery);
   $("#q-cancel").addEventListener("click", resetForm);
+  $("#q-add-webhook").addEventListener("click", () => addSinkRow().querySelector(".sink-url").focus());
   refreshCameras().then(refreshPreviews);
   loadQueries();
   setInterval(refreshCameras, 2000);

@@ -79,7 +79,8 @@ def run_api(cfg: ServiceConfig, echo: Callable[[str], None], host: str | None = 
     settings = cfg.api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     client, _, _ = open_redis(cfg)
     try:
-        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir, media_dir=cfg.media_dir())
+        server = build_server(client, cfg.redis.keys(), settings, cfg.data_dir, media_dir=cfg.media_dir(),
+                              file_roots=tuple(cfg.ingest.file_roots))
     except ExposureError as exc:
         raise ServiceError(str(exc)) from None
     echo(f"API: {server.url}  (OpenAPI: {server.url}/docs)")

@@ -88,10 +88,10 @@ def start_api(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threadi
     from api.server import ApiServer, ExposureError, demo_admin_token, tokens_path
 
     token, shell_token = demo_admin_token(cfg.data_dir)
-    stored = TokenStore.load(tokens_path(cfg.api, cfg.data_dir))
-    tokens = TokenStore(stored.entries + ((digest(token), Identity("up", Scope.ADMIN)),))
+    tokens = TokenStore.load(tokens_path(cfg.api, cfg.data_dir), extra=((digest(token), Identity("up", Scope.ADMIN)),))
     try:
-        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir(), board=board).start()
+        server = ApiServer(client, keys, cfg.api, tokens, stop, cfg.media_dir(), board=board,
+                           file_roots=tuple(cfg.ingest.file_roots)).start()
     except ExposureError as exc:
         echo(f"API not started: {exc}")
         return None

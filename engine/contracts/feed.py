@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 START = "0-0"
 END = "+"  # a backward page's upper bound before the first page
 MAX_SEQ = 18446744073709551615
+MAX_UNIX_S = 1e11  # the largest time a client may name (year ~5138): its milliseconds fit a stream id
 
 
 class CursorError(ValueError):
@@ -71,11 +73,18 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str, shards: int) -> "Cursor":
+        # what a client sends back is bounded before any work on it: one stream id is at most 41 characters
+        # (two 20-digit numbers), and every part must be one Redis takes (<ms>-<seq>, each a 64-bit unsigned)
+        if len(text) > 42 * shards:
+            raise CursorError(f"cursor too long ({len(text)} characters; at most {42 * shards} with {shards} shards)")
         parts = text.split(".")
         if len(parts) == 1 and shards > 1:  # a plain stream id applies to every shard
             parts = parts * shards
         if len(parts) != shards:
-            raise CursorError(f"cursor {text!r} has {len(parts)} positions; this deployment has {shards} shards")
+            raise CursorError(f"cursor {text[:80]!r} has {len(parts)} positions; this deployment has {shards} shards")
+        for p in parts:
+            if p not in (START, END) and not (re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", p) and _key(p)[0] <= MAX_SEQ):
+                raise CursorError(f"not a stream id: {p[:50]!r}")
         return cls(tuple(_check_stream_id(p) for p in parts))
 
     def encode(self) -> str:
@@ -159,17 +168,21 @@ class EventFeed:
         """'$' or None (only new), '0' (everything), Unix seconds, or an encoded cursor."""
         if since is None or since == "$":
             return self.end_cursor()
-        if isinstance(since, (int, float)):
-            return Cursor.at_time(self.keys.shards, float(since))
         s = str(since)
-        if s == "0":
+        if isinstance(since, (int, float)):
+            seconds = float(since)
+        elif s == "0":
             return Cursor.start(self.keys.shards)
-        if "-" in s:
+        elif "-" in s:
             return Cursor.decode(s, self.keys.shards)
-        try:
-            return Cursor.at_time(self.keys.shards, float(s))
-        except ValueError:
-            raise CursorError(f"since must be a cursor, Unix seconds, '0' or '$', got {since!r}") from None
+        else:
+            try:
+                seconds = float(s)
+            except ValueError:
+                raise CursorError(f"since must be a cursor, Unix seconds, '0' or '$', got {s[:50]!r}") from None
+        if not 0 <= seconds <= MAX_UNIX_S:  # nan and inf too
+            raise CursorError(f"since in Unix seconds must be in [0, {MAX_UNIX_S:g}], got {s[:50]!r}")
+        return Cursor.at_time(self.keys.shards, seconds)
 
     # ---- forward ---------------------------------------------------------------------------
     def read(self, cursor: Cursor, count: int = 100, block_ms: int = 0,
@@ -217,7 +230,7 @@ class EventFeed:
         the next (older) page, or None when the feed holds nothing older."""
         before = before or Cursor((END,) * self.keys.shards)
         shards = self._shards(flt)
-        since_id = f"{int(flt.since_ts * 1000) - 3_600_000}-0" if flt and flt.since_ts else "-"  # events end <= 1 h after written
+        since_id = f"{max(0, int(flt.since_ts * 1000) - 3_600_000)}-0" if flt and flt.since_ts else "-"  # events end <= 1 h after written
 
         def newest_first(shard: int) -> Iterator[tuple[tuple[int, int], int, str, dict]]:
             upper = before.ids[shard]

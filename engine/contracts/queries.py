@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT = 256
 MAX_WEBHOOKS = 8
+MAX_CAMERAS = 256  # camera ids one query names ('*' covers every camera)
+MAX_COOLDOWN_S = 3600.0  # an event ends this long after its last match at the latest
+MAX_MIN_DURATION_S = 3600.0
 
 
 class QueryError(ValueError):
@@ -44,14 +47,24 @@ class QueryExists(KeyError):
 # the HTTP API (`POST /v1/queries`, where its errors become 422s with the field path) all validate
 # through it. `StandingQuery` is its stored, frozen form, with the same fields in the same order and
 # QuerySpec's defaults.
-def _number(name: str, upper: float | None):
-    def check(cls, v):
+def _stored(info: ValidationInfo) -> bool:
+    """Validating a record read back from Redis: limits added since it was written do not make it unreadable (a
+    query that vanished from the engine would be a silent outage); malformed values still are refused."""
+    return bool((info.context or {}).get("stored"))
+
+
+def _number(name: str, upper: float | None, unit: str = ""):
+    def check(cls, v, info: ValidationInfo):
         if v is None and name == "threshold":
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
             raise ValueError("must be a number")
-        if v < 0 or (upper is not None and v > upper):
-            raise ValueError(f"must be in [0, {upper}]" if upper is not None else "must be >= 0")
+        if name == "threshold" and not 0 <= v <= upper:
+            raise ValueError(f"must be in [0, {upper}]")
+        if v < 0:
+            raise ValueError("must be >= 0")
+        if upper is not None and v > upper and not _stored(info):
+            raise ValueError(f"must be at most {upper:g}{unit}")
         return float(v)
     return check
 
@@ -170,16 +183,19 @@ class WebhookSpec(BaseModel):
 
 
 class QuerySpec(BaseModel):
-    """A standing query as written by people and programs (YAML, CLI, SDK, API)."""
+    """A standing query as written by people and programs (YAML, CLI, SDK, API). Every field is bounded: numbers
+    are finite and within the ranges below, text and lists have maximum lengths."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str | None = Field(None, description="[A-Za-z0-9_.-]{1,64}; generated when absent")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    id: str | None = Field(None, description="[A-Za-z0-9][A-Za-z0-9_.-]{0,63}; generated when absent")
     text: str = Field(..., description=f"what to look for, 1-{MAX_TEXT} characters (whitespace collapsed)")
-    cameras: list[str] = Field(["*"], description="camera ids, or ['*'] for every camera (a single string is one camera)")
+    cameras: list[str] = Field(["*"], description=f"camera ids (at most {MAX_CAMERAS}), or ['*'] for every camera "
+                                                  "(a single string is one camera)")
     threshold: float | None = Field(None, description="match score in [0, 1]; null: the model's calibrated default")
-    min_duration_s: float = Field(0.0, description="publish `new` only once the span is at least this long")
-    cooldown_s: float = Field(4.0, description="end the event after this long without a match")
-    created_at: float | None = Field(None, description="Unix seconds; set by the server when absent")
+    min_duration_s: float = Field(0.0, description=f"publish `new` only once the span is at least this long "
+                                                   f"(0-{MAX_MIN_DURATION_S:g} s)")
+    cooldown_s: float = Field(4.0, description=f"end the event after this long without a match (0-{MAX_COOLDOWN_S:g} s)")
+    created_at: float | None = Field(None, ge=0, description="Unix seconds; set by the server when absent")
     webhooks: list[WebhookSpec] = Field([], description=f"sinks that receive every event of this query (at most {MAX_WEBHOOKS})")
 
     @field_validator("text", mode="before")
@@ -187,6 +203,8 @@ class QuerySpec(BaseModel):
     def _text(cls, v):
         if not isinstance(v, str):
             raise ValueError("required, a string")
+        if len(v) > 16 * MAX_TEXT:  # bounded before any work on it (whitespace may shrink a longer one, not this)
+            raise ValueError(f"must be 1-{MAX_TEXT} characters after trimming (got {len(v)})")
         if any(unicodedata.category(c) == "Cc" for c in v.strip()):
             raise ValueError("control characters are not allowed")
         text = " ".join(v.split())
@@ -201,16 +219,18 @@ class QuerySpec(BaseModel):
 
     @field_validator("cameras", mode="before")
     @classmethod
-    def _cameras(cls, v):
+    def _cameras(cls, v, info: ValidationInfo):
         if isinstance(v, str):
             v = [v]
         if not isinstance(v, (list, tuple)) or not v:
             raise ValueError("a non-empty list of camera ids, or '*'")
+        if len(v) > MAX_CAMERAS and not _stored(info):
+            raise ValueError(f"at most {MAX_CAMERAS} camera ids (got {len(v)}); use '*' for every camera")
         return [c if c == "*" else check_id(c, "camera id") for c in v]
 
     _threshold = field_validator("threshold", mode="before")(classmethod(_number("threshold", 1.0)))
-    _min_duration = field_validator("min_duration_s", mode="before")(classmethod(_number("min_duration_s", None)))
-    _cooldown = field_validator("cooldown_s", mode="before")(classmethod(_number("cooldown_s", None)))
+    _min_duration = field_validator("min_duration_s", mode="before")(classmethod(_number("min_duration_s", MAX_MIN_DURATION_S, " s")))
+    _cooldown = field_validator("cooldown_s", mode="before")(classmethod(_number("cooldown_s", MAX_COOLDOWN_S, " s")))
 
     @field_validator("webhooks")
     @classmethod

@@ -55,6 +55,9 @@ class EngineSettings(Strict):
     batch_windows: int = Field(8, ge=1, le=256)  # windows read together are grounded as one batch (up to this many)
     # live windows whose last frame is older than this are skipped (0: never); see engine/serving/worker.py "Admission"
     max_window_lag_s: float = Field(10.0, ge=0)
+    # standing queries grounded per camera, oldest first (the rest are logged once and never grounded): each query
+    # adds its cost to every window of the camera (1,000 on one camera measured ~10 s per window and 2 GB)
+    max_queries_per_camera: int = Field(64, ge=1, le=4096)
     # where the model runs (engine/model/placement.py): auto = the first CUDA device when torch sees one, else the CPU.
     # The model, the frame-feature cache, the KV cache and every inference tensor live there, in `dtype`.
     device: str = "auto"
@@ -79,7 +82,14 @@ class ApiSettings(Strict):
     public_read: bool = False  # reads (GET, SSE, /metrics) without a token
     tokens_file: str | None = None  # None: <data_dir>/api-tokens.json when it exists
     sse_heartbeat_s: float = Field(15.0, gt=0)
-    max_streams: int = Field(64, ge=1)  # concurrent SSE clients (each holds one blocking Redis read)
+    max_streams: int = Field(64, ge=1, le=4096)  # concurrent SSE clients (each holds one blocking Redis read)
+    # request bodies beyond this are refused with 413 before anything reads them (Content-Length at once, chunked
+    # bodies as they pass it): a query or a camera is a few KB
+    max_body_bytes: int = Field(1024**2, ge=1024)
+    max_queries: int = Field(256, ge=1)  # standing queries in all (POST/PUT beyond: 422)
+    # standing queries that apply to one camera ('*' queries count for every camera); the engine also caps what it
+    # grounds per camera (engine.max_queries_per_camera)
+    max_queries_per_camera: int = Field(64, ge=1, le=4096)
     webhooks: bool = True  # this API process delivers webhooks (one at a time per deployment: a Redis lock)
     webhook_timeout_s: float = Field(5.0, gt=0)
     webhook_max_attempts: int = Field(5, ge=1, le=20)

@@ -33,7 +33,8 @@ ENDED_CAMERA_STATES = (CameraState.STOPPED, CameraState.FAILED)
 
 class QueryWatcher:
     def __init__(self, client: redis.Redis, keys: Keys, store: EventStore, drained: Callable[[int], bool] = lambda shard: True,
-                 reload_s: float = 5.0, camera_check_s: float = 5.0, now: Callable[[], float] = time.monotonic) -> None:
+                 reload_s: float = 5.0, camera_check_s: float = 5.0, now: Callable[[], float] = time.monotonic,
+                 max_per_camera: int = 64) -> None:
         self.client = require_client(client, "QueryWatcher")
         self.keys = keys
         self.store = store
@@ -42,7 +43,9 @@ class QueryWatcher:
         self.reload_s = reload_s
         self.camera_check_s = camera_check_s
         self.now = now
-        self.queries: list[StandingQuery] = []
+        self.queries: list[StandingQuery] = []  # oldest first (created_at, then id)
+        self.max_per_camera = max_per_camera  # engine.max_queries_per_camera
+        self.over_cap: dict[str, tuple[str, ...]] = {}  # camera -> the ids of its queries beyond the cap (not grounded)
         self._loaded_at: float | None = None
         self._cameras_checked_at = float("-inf")
         self._pubsub = None
@@ -63,7 +66,20 @@ class QueryWatcher:
             self._pubsub = None
 
     def for_camera(self, camera_id: str) -> list[StandingQuery]:
-        return [q for q in self.queries if q.applies_to(camera_id)]
+        """The queries grounded on this camera: the oldest `max_per_camera` that apply to it. Each query adds its cost
+        to every window of the camera, so the engine bounds it whatever was registered; the rest are logged once
+        (per change) and kept in `over_cap`."""
+        queries = [q for q in self.queries if q.applies_to(camera_id)]
+        skipped = tuple(q.id for q in queries[self.max_per_camera:])
+        if skipped != self.over_cap.get(camera_id, ()):
+            if skipped:
+                log.error("camera %s: %d standing queries, %d beyond engine.max_queries_per_camera (%d) not grounded: %s",
+                          camera_id, len(queries), len(skipped), self.max_per_camera, ", ".join(skipped))
+                self.over_cap[camera_id] = skipped
+            else:
+                log.info("camera %s: every standing query is grounded again", camera_id)
+                self.over_cap.pop(camera_id, None)
+        return queries[:self.max_per_camera]
 
     def refresh(self) -> list[GroundingEvent]:
         """Reload the queries when they changed (or every `reload_s`); end the events the change invalidated (on the

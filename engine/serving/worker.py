@@ -86,7 +86,8 @@ class EngineWorker:
         self.source = WindowSource(client, keys, settings.group, self.consumer, settings.block_ms, settings.claim_idle_ms,
                                    settings.max_deliveries, settings.retry_backoff_s, batch=settings.batch_windows)
         self.store = EventStore(client, keys, settings, model_name)
-        self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained)
+        self.watcher = QueryWatcher(client, keys, self.store, drained=self.source.drained,
+                                    max_per_camera=settings.max_queries_per_camera)
         self.telemetry = EngineTelemetry(client, keys)
         self.beats = Heartbeat(client, keys, "engine", self.consumer, settings.heartbeat_s)
         self.loop = RoleLoop(f"engine {self.consumer}", self.stop_event, self.beats)

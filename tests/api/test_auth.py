@@ -2,16 +2,19 @@
 public reads; the exposure rule; no token in any log line."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 
 import httpx
 import pytest
 
-from api.auth import Scope, TokenStore, add_token, digest
+from api.auth import Identity, Scope, TokenStore, add_token, digest
 from api.server import ApiServer, ExposureError, check_exposure
 from engine.contracts.settings import ApiSettings
 from tests.api.conftest import KEYS, TOKENS, auth, start_api
+from tests.waiting import wait_for
 
 CAMERA = {"id": "cam9", "url": "synthetic://demo?fps=5"}
 QUERY = {"id": "q1", "text": "the red circle"}
@@ -118,3 +121,43 @@ def test_logs_when_requests_with_good_and_bad_tokens_then_no_token_appears(redis
     assert "POST /v1/queries" in text  # the access log was captured
     for secret in [*TOKENS.values(), "wrong-token-abcdef"]:
         assert secret not in text
+
+
+def test_token_file_when_changed_while_serving_then_new_tokens_work_and_removed_ones_stop(redis_client, tmp_path):
+    # given an API serving the tokens of a file, with one token in it
+    path = tmp_path / "tokens.json"
+    first = add_token(path, "grafana", Scope.READ)
+    server = ApiServer(redis_client, KEYS, ApiSettings(port=0, webhooks=False), TokenStore.load(path, {}),
+                       threading.Event()).start()
+    try:
+        def status(token: str) -> int:
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                return http.get("/v1/queries", headers={"Authorization": f"Bearer {token}"}).status_code
+
+        assert status(first) == 200
+        # when `spacevllm token create` adds one, then it works at once, without a restart
+        second = add_token(path, "ci", Scope.WRITE)
+        assert status(second) == 200
+        # when a token is taken out of the file, then it stops working (the file is checked at most every second)
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({"tokens": [t for t in data["tokens"] if t["name"] != "grafana"]}))
+        wait_for(lambda: status(first) == 401, 10, "the removed token refused")
+        assert status(second) == 200
+        # when the file breaks, then the tokens read before stay in use
+        path.write_text("{not json")
+        time.sleep(1.2)
+        assert status(second) == 200 and status(first) == 401
+    finally:
+        server.close()
+
+
+def test_token_store_when_reloading_then_every_check_is_bounded_by_recheck_s(tmp_path):
+    path = tmp_path / "tokens.json"
+    token = add_token(path, "a", Scope.READ)
+    now = [0.0]
+    store = TokenStore((("0" * 64, Identity("up", Scope.ADMIN)),), path, clock=lambda: now[0])
+    assert store.identify(token).name == "a" and len(store.entries) == 2
+    path.write_text(json.dumps({"tokens": []}))
+    assert store.identify(token).name == "a"  # within recheck_s of the last check: a hit does not look
+    now[0] += 1.5
+    assert store.identify(token) is None and [i.name for _, i in store.entries] == ["up"]

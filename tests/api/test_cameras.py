@@ -8,7 +8,7 @@ import time
 from engine.contracts.settings import CameraSettings, WindowSettings
 from stream.cameras import CameraRegistry
 from stream.ingest import IngestService
-from tests.api.conftest import KEYS
+from tests.api.conftest import KEYS, RunningApi, start_api
 
 FAST = {"sample_fps": 4, "window_seconds": 1, "stride_seconds": 0.5, "input_size": 32, "frame_ttl_seconds": 30}
 
@@ -70,3 +70,37 @@ def test_post_camera_when_invalid_then_422_names_the_field(api):
         r = http.post("/v1/cameras", json={"id": "bad/id", "url": "x", "fps": 3})
         locs = [d["loc"] for d in r.json()["detail"]]
         assert r.status_code == 422 and ["body", "id"] in locs and ["body", "fps"] in locs
+
+
+def test_post_camera_when_the_url_is_bad_then_422_with_the_url_redacted(api, redis_client):
+    with api.client("admin") as http:
+        for url in ("rtsp://admin:hunter2@10.0.0.5:99999/s1", "gopher://admin:hunter2@10.0.0.5/s1",
+                    "rtsp://admin:hunter2@:554/s1", "rtsp://admin:hunter2@10.0.0.5:5x4/s1"):
+            r = http.post("/v1/cameras", json={"id": "door", "url": url})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "url"], r.text
+            assert "hunter2" not in r.text and "admin:***@" in r.text
+    assert CameraRegistry(redis_client, KEYS).all() == []
+
+
+def test_post_camera_when_a_file_is_outside_ingest_file_roots_then_422_naming_the_setting(redis_client, tmp_path):
+    allowed = tmp_path / "videos"
+    allowed.mkdir()
+    (allowed / "a.mp4").write_bytes(b"")
+    server = start_api(redis_client, webhooks=False)
+    try:
+        with RunningApi(server, server.url).client("admin") as http:
+            # given no file_roots: no file camera at all
+            r = http.post("/v1/cameras", json={"id": "f1", "url": f"file://{allowed}/a.mp4"})
+            assert r.status_code == 422 and "ingest.file_roots (none configured)" in r.text
+    finally:
+        server.close()
+    server = start_api(redis_client, webhooks=False, file_roots=(str(allowed),))
+    try:
+        with RunningApi(server, server.url).client("admin") as http:
+            for url in ("file:///etc/passwd", f"file://{allowed}/../../etc/passwd", f"file://{allowed}/..%2F..%2Fx.mp4"):
+                r = http.post("/v1/cameras", json={"id": "f1", "url": url})
+                assert r.status_code == 422 and "ingest.file_roots" in r.text and r.json()["detail"][0]["loc"] == ["body", "url"]
+            # given a file under a root: accepted
+            assert http.post("/v1/cameras", json={"id": "f1", "url": f"file://{allowed}/a.mp4"}).status_code == 201
+    finally:
+        server.close()

@@ -226,3 +226,54 @@ def test_live_page_when_an_event_is_open_then_its_box_is_drawn_over_the_tile(pag
     assert stack.get(f"/v1/events/{rect[0]}").status_code == 200
     time.sleep(1.0)  # the next preview under it
     page.save_screenshot(str(ARTIFACTS / "live.png"))
+
+
+def test_queries_page_when_a_query_is_edited_then_every_field_is_kept_and_secrets_are_left_alone(page, stack):
+    import redis
+
+    from engine.contracts.queries import QueryRegistry
+
+    # given a query with a min duration and a webhook (its secret is write-only: the page never sees it)
+    sink = {"url": "http://127.0.0.1:9/hook", "secret": "hook-secret-1"}
+    r = httpx.post(stack.url + "/v1/queries", headers={"Authorization": f"Bearer {stack.token}"}, timeout=10,
+                   json={"id": "ui-hooks", "text": "the red circle", "cameras": ["demo"], "threshold": 0.4,
+                         "min_duration_s": 2.5, "cooldown_s": 3.0, "webhooks": [sink]})
+    assert r.status_code == 201, r.text
+    client = redis.Redis.from_url(stack.cfg.redis.url)
+    stored = lambda: QueryRegistry(client, stack.cfg.redis.keys()).get("ui-hooks")  # noqa: E731
+    try:
+        page.find_element("id", "tab-queries").click()
+        edit = 'tr[data-query-id="ui-hooks"] button.edit'
+        wait_for(lambda: js(page, f"return document.querySelector('{edit}') !== null"), 15, "the query's row")
+        # when it is edited through the form (only its text changed)
+        js(page, f"document.querySelector('{edit}').click()")
+        form = js(page, "return [document.getElementById('q-min-duration').value, document.getElementById('q-cooldown').value,"
+                        " document.getElementById('q-threshold').value,"
+                        " [...document.querySelectorAll('#q-webhooks .sink-url')].map(i => i.value)]")
+        assert form == ["2.5", "3", "0.4", [sink["url"]]]
+        text = page.find_element("id", "q-text")
+        text.clear()
+        text.send_keys("the red circle moving left")
+        page.find_element("id", "q-submit").click()
+        wait_for(lambda: stored().text == "the red circle moving left", 10, "the edited query stored")
+        # then nothing else changed: the webhook kept its secret, the min duration, cooldown and threshold theirs
+        q = stored()
+        assert [(w.url, w.secret) for w in q.webhooks] == [(sink["url"], sink["secret"])]
+        assert (q.min_duration_s, q.cooldown_s, q.threshold, q.cameras) == (2.5, 3.0, 0.4, ("demo",))
+        # when a second webhook is added without its secret, then the page shows why it is refused, and nothing changes
+        js(page, f"document.querySelector('{edit}').click()")
+        page.find_element("id", "q-add-webhook").click()
+        page.find_elements("css selector", "#q-webhooks .sink-url")[-1].send_keys("http://127.0.0.1:9/other")
+        page.find_element("id", "q-submit").click()
+        error = wait_for(lambda: js(page, "return document.querySelector('.error[data-for=\"webhooks\"]').textContent"), 10,
+                         "the webhooks error")
+        assert "needs its secret" in error
+        assert [w.url for w in stored().webhooks] == [sink["url"]]
+        # when it is typed, then both are stored, the first still with its own secret
+        page.find_elements("css selector", "#q-webhooks .sink-secret")[-1].send_keys("hook-secret-2")
+        page.find_element("id", "q-submit").click()
+        wait_for(lambda: len(stored().webhooks) == 2, 10, "the second webhook stored")
+        assert [(w.url, w.secret) for w in stored().webhooks] == [(sink["url"], "hook-secret-1"),
+                                                                  ("http://127.0.0.1:9/other", "hook-secret-2")]
+    finally:
+        client.close()

@@ -9,7 +9,7 @@ import pytest
 from engine.media.worker import MediaWorker
 from engine.media.store import MediaStore
 from engine.contracts.settings import MediaSettings
-from tests.api.conftest import RunningApi, start_api
+from tests.api.conftest import TOKENS, RunningApi, raw_request, start_api
 from tests.engine.media import test_media as m
 
 
@@ -78,3 +78,15 @@ def test_dashboard_when_requested_then_page_and_static_files_without_a_token(med
             assert ref in page.text
             assert c.get(ref).status_code == 200
         assert "http" not in c.get("/static/app.js").text.replace("http://www.w3.org/2000/svg", "")  # no CDN, no remote URL
+
+
+@pytest.mark.parametrize("path", ["/v1/events/%2E%2E/media", "/v1/events/..%2Fx/media", "/v1/events/%2e%2e/snapshot.jpg",
+                                  "/v1/events/..%2F..%2Fsecret/clip.mp4", "/v1/events/./media", "/v1/events/%2E/media"])
+def test_media_when_the_id_climbs_out_of_the_media_dir_then_404_or_422_never_the_file(media_api, tmp_path, path):
+    # given files beside the media directory that a `..` id would reach (media/../media.json, media/../snapshot.jpg)
+    for name in ("media.json", "snapshot.jpg", "clip.mp4"):
+        (tmp_path / name).write_text('{"outside": "the media dir"}')
+    # when the path is sent byte for byte (no client normalises the dots away)
+    status, answer = raw_request(media_api.server.port, f"GET {path} HTTP/1.1\r\nAuthorization: Bearer {TOKENS['read']}")
+    # then it is refused, and nothing outside the media directory is served
+    assert status in (404, 422) and b"outside" not in answer

@@ -27,6 +27,7 @@ def test_url_origin_when_path_is_secret_then_only_scheme_and_host():
     ("rtsp://admin:p/a?s@cam.local/x", "rtsp://admin:***@cam.local/x"),
     ("rtsp://admin:p@ss@cam.local/x", "rtsp://admin:***@cam.local/x"),
     ("http://admin:pw@127.0.0.1:99999/x", "http://admin:***@127.0.0.1:99999/x"),  # an invalid port never raises
+    ("rtsp://admin:hunter2@10.0.0.5:5x4/s1", "rtsp://admin:***@10.0.0.5:5x4/s1"),  # nor a port that is no number
     ("http://cam/x.mjpg?user=a&password=s3cret&fps=5", "http://cam/x.mjpg?user=a&password=***&fps=5"),
     ("https://cam/live.m3u8?api_key=k1&Token=t2", "https://cam/live.m3u8?api_key=***&Token=***"),
     ("rtsp://host/stream@1", "rtsp://host/stream@1"),  # an '@' in the path is not userinfo

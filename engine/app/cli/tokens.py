@@ -27,4 +27,4 @@ def token_create(name, scope, path, config_path) -> None:
         click.echo(add_token(target, name, Scope(scope)))
     except TokenFileError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"(stored hashed in {target}; restart `spacevllm serve` to load it)", err=True)
+    click.echo(f"(stored hashed in {target}; a running API accepts it within a second)", err=True)

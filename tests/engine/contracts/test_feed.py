@@ -37,6 +37,32 @@ def test_cursor_round_trips_and_rejects_what_does_not_fit():
         Cursor.decode("x-y.1-0.1-0", 3)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("1-0." * 10_000, "cursor too long"),
+    ("5_0-0", "not a stream id"),  # int() takes it, Redis does not
+    (" 5-0", "not a stream id"),
+    ("+5-0", "not a stream id"),
+    ("18446744073709551616-0", "not a stream id"),  # past 64 bits
+    ("1" * 30 + "-0", "not a stream id"),
+])
+def test_cursor_decode_when_text_is_what_redis_would_refuse_then_cursor_error(text, message):
+    with pytest.raises(CursorError, match=message) as err:
+        Cursor.decode(text, 3)
+    assert len(str(err.value)) < 200  # the client's text is never echoed whole
+
+
+@pytest.mark.parametrize("since", ["inf", "-inf", "nan", "1e400", "1e12", float("inf"), float("nan"), -1.0, "abc"])
+def test_parse_since_when_not_a_finite_time_in_range_then_cursor_error(redis_client, since):
+    with pytest.raises(CursorError):
+        EventFeed(redis_client, Keys("feed:", 2)).parse_since(since)
+
+
+def test_page_when_since_is_in_the_first_hour_of_the_epoch_then_served(feed_setup):
+    keys, _, feed, written = feed_setup
+    entries, _ = feed.page(limit=100, flt=EventFilter(since_ts=100.0))
+    assert len(entries) == len(written)
+
+
 def test_following_in_small_reads_and_resuming_from_any_cursor_misses_nothing_and_repeats_nothing(feed_setup):
     keys, store, feed, written = feed_setup
     # when a reader follows the feed 7 entries at a time, resuming each time from the cursor of its last entry

@@ -30,6 +30,14 @@ from stream.keys import Keys
         ({"text": "ok", "cooldown_s": -1}, "cooldown_s: must be >= 0"),
         ({"text": "ok", "min_duration_s": -1}, "min_duration_s: must be >= 0"),
         ({"text": "ok", "colour": "red"}, "colour: unknown field"),
+        ({"text": "ok", "cooldown_s": 1e308}, "cooldown_s: must be at most 3600 s"),
+        ({"text": "ok", "cooldown_s": float("inf")}, "cooldown_s: must be a number"),
+        ({"text": "ok", "min_duration_s": 3601}, "min_duration_s: must be at most 3600 s"),
+        ({"text": "ok", "created_at": float("nan")}, "created_at: Input should be a finite number"),
+        ({"text": "ok", "created_at": float("inf")}, "created_at: Input should be a finite number"),
+        ({"text": "ok", "created_at": -1}, "created_at: Input should be greater than or equal to 0"),
+        ({"text": "ok", "cameras": [f"c{n}" for n in range(257)]}, "cameras: at most 256 camera ids"),
+        ({"text": "x" * 100_000}, "text: must be 1-256 characters"),
     ],
 )
 def test_validate_query_rejects_with_a_clear_message(data, message):
@@ -85,3 +93,15 @@ def test_registry_skips_a_malformed_stored_query(redis_client):
 def test_registry_needs_a_client():
     with pytest.raises(TypeError):
         QueryRegistry(None, Keys())
+
+
+def test_stored_query_when_over_a_limit_added_since_then_still_readable(redis_client):
+    # a record written before the maxima existed stays in service (a vanished query would be a silent outage)
+    data = {"id": "old", "text": "x", "cameras": [f"c{n}" for n in range(300)], "cooldown_s": 7200.0, "created_at": 1.0}
+    redis_client.hset(Keys().queries(), "old", json.dumps(data))
+    q = QueryRegistry(redis_client, Keys()).get("old")
+    assert q.cooldown_s == 7200.0 and len(q.cameras) == 300
+    with pytest.raises(QueryError):
+        validate_query(data)  # but a new one is refused
+    redis_client.hset(Keys().queries(), "nan", json.dumps({**data, "id": "nan", "cooldown_s": float("nan")}))
+    assert [q.id for q in QueryRegistry(redis_client, Keys()).all()] == ["old"]  # non-finite: never
