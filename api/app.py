@@ -26,7 +26,8 @@ from engine.contracts.queries import QueryRegistry
 from engine.contracts.settings import ApiSettings
 from stream.cameras import CameraRegistry
 from stream.keys import Keys
-from stream.role import ROLES, StatusBoard
+from stream.redis_link import text
+from stream.role import ROLES, StatusBoard, require_client
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ REQUIRED_ROLES = ("engine", "ingest")  # without one of each, nothing is grounde
 def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = None, tokens: TokenStore | None = None,
                media_dir: str | Path | None = None, file_roots: tuple[str, ...] = ()) -> FastAPI:
     """`file_roots`: ingest.file_roots, the directories whose files a camera added here may play."""
-    if client is None:
-        raise TypeError("create_app needs a Redis client")
+    require_client(client, "create_app")
     settings = settings or ApiSettings()
     app = FastAPI(title="SpaceVLLM grounding service", version="1",
                   description="Standing natural-language queries on live cameras; grounding events (when and where).")
@@ -47,7 +47,7 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
     app.state.stream_slots = slots = StreamSlots(settings.max_streams)
 
     def camera_ids() -> set[str]:
-        announced = {m.decode() if isinstance(m, bytes) else m for m in client.smembers(keys.cameras())}
+        announced = {text(m) for m in client.smembers(keys.cameras())}
         return announced | {c.id for c in app.state.ctx.cameras.all()}
 
     registry, requests = build_registry(client, keys, camera_ids, lambda: slots.open)

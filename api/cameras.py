@@ -16,6 +16,7 @@ from engine.contracts.settings import CameraSettings
 from stream.cameras import CameraExists
 from stream.health import read_health
 from stream.keys import ID_PATTERN
+from stream.redis_link import text
 from stream.urls import file_path, redact_url, under_roots
 
 router = APIRouter(prefix="/v1/cameras", tags=["cameras"], responses=error_answers(401, 403))
@@ -36,7 +37,7 @@ def _show(c: ApiContext, camera_id: str, settings: CameraSettings | None) -> dic
 
 
 def _announced(c: ApiContext) -> set[str]:
-    return {m.decode() if isinstance(m, bytes) else m for m in c.client.smembers(c.keys.cameras())}
+    return {text(m) for m in c.client.smembers(c.keys.cameras())}
 
 
 @router.get("", dependencies=[READ], response_model=list[CameraAnswer])

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from engine.contracts.telemetry import LATENCY_BUCKETS, WINDOW_BUCKETS, parse_field
 from stream.health import CameraState, read_health
 from stream.keys import Keys
+from stream.redis_link import text
 from stream.role import ROLES, StatusBoard
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ HISTOGRAM_BUCKETS = {"svl_engine_window_duration_seconds": WINDOW_BUCKETS,
                      "svl_capture_to_event_latency_seconds": LATENCY_BUCKETS}
 
 
-def _s(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _family(name: str) -> Metric:
@@ -117,7 +116,7 @@ class RedisCollector:
             fam["svl_windows_produced_total"].add_metric([cam], h.windows)
 
     def _telemetry(self, fam, role: str) -> None:
-        raw = {_s(k): float(v) for k, v in self.client.hgetall(self.keys.telemetry(role)).items()}
+        raw = {text(k): float(v) for k, v in self.client.hgetall(self.keys.telemetry(role)).items()}
         for field, value in raw.items():
             name, labels = parse_field(field)
             if name in fam and METRICS[name][0] == "counter":
@@ -141,12 +140,12 @@ class RedisCollector:
             except redis.ResponseError:  # no stream yet
                 continue
             for g in groups:
-                g = {_s(k): v for k, v in g.items()}
+                g = {text(k): v for k, v in g.items()}
                 pending += int(g.get("pending") or 0)
                 if g.get("lag") is not None:  # Redis >= 7
                     lag += int(g["lag"])
                 else:  # Redis 6.2: what is left after the group's last delivered id
-                    last = _s(g.get("last-delivered-id", "0-0"))
+                    last = text(g.get("last-delivered-id", "0-0"))
                     lag += self.client.xlen(self.keys.windows(s)) if last == "0-0" else len(
                         self.client.xrange(self.keys.windows(s), f"({last}", "+", count=100_000))
         fam["svl_consumer_group_lag"].add_metric([], lag)

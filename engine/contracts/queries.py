@@ -11,7 +11,7 @@ import socket
 import time
 import unicodedata
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 import redis
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from engine.contracts.errors import error_list, error_lines
 from stream.keys import Keys, check_id
+from stream.role import require_client
 
 log = logging.getLogger(__name__)
 
@@ -306,9 +307,7 @@ def from_spec(spec: QuerySpec, now: float | None = None) -> StandingQuery:
 
 class QueryRegistry:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        if client is None:
-            raise TypeError("QueryRegistry needs a Redis client")
-        self.client = client
+        self.client = require_client(client, "QueryRegistry")
         self.keys = keys
 
     def add(self, query: StandingQuery, replace: bool = True) -> StandingQuery:
