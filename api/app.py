@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -56,6 +57,14 @@ def create_app(client: redis.Redis, keys: Keys, settings: ApiSettings | None = N
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": error_list(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # a body FastAPI cannot even decode (not UTF-8) is invalid input like any other: the same 422 shape
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": "the body is not valid JSON text (UTF-8)",
+                                             "type": "json_invalid"}]}, status_code=422)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.get("/healthz", tags=["health"], response_model=Health)
     def healthz() -> dict:

@@ -72,8 +72,8 @@ class WindowSettings(Strict):
     input_size: int | None = Field(None, ge=16, le=1024)
     input_resample: Literal["area", "nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] | None = None
     image_format: Literal["png", "jpeg"] = "png"
-    frame_ttl_seconds: float = Field(60.0, gt=0)  # must exceed the window span
-    windows_maxlen: int = Field(10_000, ge=10)  # XADD MAXLEN ~
+    frame_ttl_seconds: float = Field(60.0, gt=0, le=86400)  # must exceed the window span
+    windows_maxlen: int = Field(10_000, ge=10, le=10_000_000)  # XADD MAXLEN ~
     preview_size: int = Field(640, ge=0, le=4096)  # preview JPEG's longest side (never upscaled); 0: no previews
     preview_quality: int = Field(80, ge=1, le=95)  # preview JPEG quality
 
@@ -84,12 +84,12 @@ class CameraSettings(Strict):
     transport: Literal["tcp", "udp"] = "tcp"  # RTSP
     loop: bool = False  # file:// only: play again at the end
     realtime: bool = True  # file:// only: pace frames at their timestamps
-    open_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(5.0, gt=0)
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
-    max_retries: int | None = None  # None: reconnect forever
-    max_lag_s: float = Field(1.0, gt=0)  # frames later than this behind real time are dropped
+    open_timeout_s: float = Field(10.0, gt=0, le=300)
+    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    backoff_initial_s: float = Field(0.5, gt=0, le=3600)
+    backoff_max_s: float = Field(30.0, gt=0, le=3600)
+    max_retries: int | None = Field(None, ge=0, le=1_000_000)  # None: reconnect forever
+    max_lag_s: float = Field(1.0, gt=0, le=3600)  # frames later than this behind real time are dropped
     windows: WindowSettings | None = None  # per-camera override
 
     @field_validator("id")
@@ -104,11 +104,11 @@ class CameraSettings(Strict):
 
 
 class IngestSettings(Strict):
-    heartbeat_s: float = Field(2.0, gt=0)
+    heartbeat_s: float = Field(2.0, gt=0, le=60)
     # FFmpeg decoder threads per camera. 0: automatic (FFmpeg's default when there are fewer cameras than cores, else
     # 1: many cameras already fill the cores, and a decoder's threads would only wait on each other)
     decoder_threads: int = Field(0, ge=0, le=16)
-    health_ttl_s: float = Field(300.0, gt=0)  # a stopped camera's health expires after this
+    health_ttl_s: float = Field(300.0, gt=0, le=30 * 86400)  # a stopped camera's health expires after this
     # directories whose files may be played as cameras when added at run time (API, `spacevllm cameras add`, the
     # registry in Redis). Default: none. Cameras in the config file itself may name any file (the operator wrote it).
     file_roots: list[str] = []

@@ -45,7 +45,8 @@ class RedisLink:
             self.down_since = self.now()
             self.outages += 1
             self.attempt = 0
-            log.warning("%s: Redis unavailable (%s: %s); retrying with backoff", self.who, type(exc).__name__, exc)
+            what = "Redis refused a command" if type(exc).__name__ == "ResponseError" else "Redis unavailable"
+            log.warning("%s: %s (%s: %s); retrying with backoff", self.who, what, type(exc).__name__, exc)
         delay = backoff_delay(self.attempt, self.initial_s, self.max_s, self.rng)
         self.attempt += 1
         return delay

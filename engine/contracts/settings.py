@@ -43,18 +43,18 @@ class EngineSettings(Strict):
     onnx_dir: str | None = None  # onnxruntime: exported graphs (None: exported once per checkpoint into <data_dir>/onnx)
     engine_dir: str | None = None  # tensorrt: serialized engines + manifest
     group: str = "engines"
-    claim_idle_ms: int = Field(30_000, ge=100)  # entries pending longer than this are claimed from dead workers
-    block_ms: int = Field(1000, ge=10)
-    cache_frames: int = Field(2048, ge=16)
+    claim_idle_ms: int = Field(30_000, ge=100, le=86_400_000)  # entries pending longer than this are claimed from dead workers
+    block_ms: int = Field(1000, ge=10, le=60_000)
+    cache_frames: int = Field(2048, ge=16, le=1_000_000)
     max_deliveries: int = Field(3, ge=1, le=100)  # a window that fails this many times goes to the dead letters
-    retry_backoff_s: float = Field(1.0, gt=0)  # first retry of a failed window (doubles, jittered)
-    events_retention_s: float = Field(7 * 86400, gt=0)  # events (and open-event state) older than this are trimmed
-    events_maxlen: int = Field(5000, ge=10)  # and at most this many entries per shard's event stream
-    heartbeat_s: float = Field(2.0, gt=0)
-    threads: int = Field(0, ge=0)  # torch threads; 0: default
+    retry_backoff_s: float = Field(1.0, gt=0, le=3600)  # first retry of a failed window (doubles, jittered)
+    events_retention_s: float = Field(7 * 86400, gt=0, le=365 * 86400)  # events (and open-event state) older than this are trimmed
+    events_maxlen: int = Field(5000, ge=10, le=10_000_000)  # and at most this many entries per shard's event stream
+    heartbeat_s: float = Field(2.0, gt=0, le=60)
+    threads: int = Field(0, ge=0, le=1024)  # torch threads; 0: default
     batch_windows: int = Field(8, ge=1, le=256)  # windows read together are grounded as one batch (up to this many)
     # live windows whose last frame is older than this are skipped (0: never); see engine/serving/worker.py "Admission"
-    max_window_lag_s: float = Field(10.0, ge=0)
+    max_window_lag_s: float = Field(10.0, ge=0, le=86400)
     # standing queries grounded per camera, oldest first (the rest are logged once and never grounded): each query
     # adds its cost to every window of the camera (1,000 on one camera measured ~10 s per window and 2 GB)
     max_queries_per_camera: int = Field(64, ge=1, le=4096)
@@ -81,20 +81,20 @@ class ApiSettings(Strict):
     enabled: bool = True  # `up` starts the API
     public_read: bool = False  # reads (GET, SSE, /metrics) without a token
     tokens_file: str | None = None  # None: <data_dir>/api-tokens.json when it exists
-    sse_heartbeat_s: float = Field(15.0, gt=0)
+    sse_heartbeat_s: float = Field(15.0, gt=0, le=300)
     max_streams: int = Field(64, ge=1, le=4096)  # concurrent SSE clients (each holds one blocking Redis read)
     # request bodies beyond this are refused with 413 before anything reads them (Content-Length at once, chunked
     # bodies as they pass it): a query or a camera is a few KB
-    max_body_bytes: int = Field(1024**2, ge=1024)
-    max_queries: int = Field(256, ge=1)  # standing queries in all (POST/PUT beyond: 422)
+    max_body_bytes: int = Field(1024**2, ge=1024, le=1024**3)
+    max_queries: int = Field(256, ge=1, le=100_000)  # standing queries in all (POST/PUT beyond: 422)
     # standing queries that apply to one camera ('*' queries count for every camera); the engine also caps what it
     # grounds per camera (engine.max_queries_per_camera)
     max_queries_per_camera: int = Field(64, ge=1, le=4096)
     webhooks: bool = True  # this API process delivers webhooks (one at a time per deployment: a Redis lock)
-    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_timeout_s: float = Field(5.0, gt=0, le=300)
     webhook_max_attempts: int = Field(5, ge=1, le=20)
-    webhook_backoff_s: float = Field(0.5, gt=0)  # doubled per attempt, capped at 30 s
-    webhook_queue_max: int = Field(10_000, ge=1)  # queued deliveries per sink; beyond, the oldest are dropped
+    webhook_backoff_s: float = Field(0.5, gt=0, le=300)  # doubled per attempt, capped at 30 s
+    webhook_queue_max: int = Field(10_000, ge=1, le=10_000_000)  # queued deliveries per sink; beyond, the oldest are dropped
     webhook_workers: int = Field(8, ge=1, le=64)  # sinks delivered to at once (each holds a connection)
     # host names (exact) or networks (CIDR) sinks may connect to; empty: any host the deny list lets through
     # (link-local, cloud metadata, multicast, this service's own ports on loopback are always refused)
@@ -122,12 +122,12 @@ class MediaSettings(Strict):
     dir: str | None = None  # None: <data_dir>/media (the API serves from the same directory)
     pre_s: float = Field(2.0, ge=0, le=60)  # clip padding before the event's start
     post_s: float = Field(2.0, ge=0, le=60)  # and after its end (the clip waits until those frames exist)
-    retention_s: float = Field(7 * 86400, gt=0)  # media older than this is deleted
-    max_bytes: int = Field(2 * 1024**3, ge=1024**2)  # and the oldest go first beyond this total size
+    retention_s: float = Field(7 * 86400, gt=0, le=365 * 86400)  # media older than this is deleted
+    max_bytes: int = Field(2 * 1024**3, ge=1024**2, le=1024**5)  # and the oldest go first beyond this total size
     snapshot_quality: int = Field(85, ge=1, le=95)
     clip_crf: int = Field(28, ge=0, le=51)  # libx264 constant rate factor (higher: smaller files)
-    block_ms: int = Field(1000, ge=10)
-    heartbeat_s: float = Field(2.0, gt=0)
+    block_ms: int = Field(1000, ge=10, le=60_000)
+    heartbeat_s: float = Field(2.0, gt=0, le=60)
 
 
 class ServiceConfig(Strict):

@@ -72,6 +72,17 @@ def test_post_camera_when_invalid_then_422_names_the_field(api):
         assert r.status_code == 422 and ["body", "id"] in locs and ["body", "fps"] in locs
 
 
+def test_post_camera_when_a_number_is_huge_then_422_and_ingest_never_sees_it(api, redis_client):
+    # found by schemathesis: a frame TTL of 1e300 was stored, and every SET of that camera's frames then failed
+    with api.client("admin") as http:
+        for body in ({"id": "c1", "url": "synthetic://demo", "windows": {"frame_ttl_seconds": 1e300}},
+                     {"id": "c2", "url": "synthetic://demo", "open_timeout_s": 1e12},
+                     {"id": "c3", "url": "synthetic://demo", "max_retries": -1}):
+            r = http.post("/v1/cameras", json=body)
+            assert r.status_code == 422, r.text
+    assert CameraRegistry(redis_client, KEYS).all() == []
+
+
 def test_post_camera_when_the_url_is_bad_then_422_with_the_url_redacted(api, redis_client):
     with api.client("admin") as http:
         for url in ("rtsp://admin:hunter2@10.0.0.5:99999/s1", "gopher://admin:hunter2@10.0.0.5/s1",
