@@ -113,6 +113,23 @@ def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threa
     return Keeper("media", run, stop, board).start()
 
 
+def build_mqtt(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+               finish: threading.Event | None = None):
+    """The MQTT publisher of `cfg.mqtt` (snapshots from the media directory when media is on)."""
+    from engine.media.store import MediaStore
+    from engine.mqtt.publisher import MqttPublisher
+
+    return MqttPublisher(client, keys, cfg.mqtt, stop, MediaStore(cfg.media_dir()) if cfg.media.enabled else None,
+                         finish=finish)
+
+
+def start_mqtt(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event, finish: threading.Event,
+               board: StatusBoard | None = None) -> Keeper:
+    """`up`'s MQTT publisher in a thread, restarted if it dies (a fresh one resumes from its cursor). `finish`:
+    publish what the feed holds (the engine's last ends), then stop."""
+    return Keeper("mqtt", lambda: build_mqtt(cfg, client, keys, stop, finish).run(), stop, board).start()
+
+
 def load_engine_model(cfg: ServiceConfig):
     """The model (on `engine.device` in `engine.dtype`) and its backend; CheckpointError names what is wrong with the
     model directory, ServiceError a device or dtype that cannot be used here."""
@@ -281,8 +298,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
     previous = stop_on_signals(shutdown) if threading.current_thread() is threading.main_thread() else {}
-    server = api_server = media = None
-    media_stop = threading.Event()
+    server = api_server = media = mqtt = None
+    media_stop, mqtt_stop, mqtt_finish = threading.Event(), threading.Event(), threading.Event()
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
@@ -296,6 +313,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} thread{'' if engine_threads == 1 else 's'}); Ctrl-C stops")
         api_server = start_api(cfg, client, keys, threading.Event(), echo, board) if cfg.api.enabled else None
         media = start_media(cfg, client, keys, media_stop, board) if cfg.media.enabled else None
+        mqtt = start_mqtt(cfg, client, keys, mqtt_stop, mqtt_finish, board) if cfg.mqtt.url else None
         roles.start("engine", engine_role, (cfg, url, _for_child(echo)), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
         _supervise(roles, board, shutdown, max_seconds)
@@ -310,6 +328,10 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         if not roles.finish("engine", timeout_s=30.0):
             roles.stop("engine", timeout_s=5.0)
         roles.close()
+        if mqtt is not None:  # after the engine: its last ends (states OFF) are published
+            mqtt_finish.set()
+            mqtt.join(timeout=15)
+        mqtt_stop.set()
         if server is not None:
             server.stop()
         for sig, handler in previous.items():
