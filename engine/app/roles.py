@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from engine.app.connection import ServiceError, private_state
-from engine.app.service import (build_engine, build_mqtt, format_event, load_engine_model, model_windows, open_redis,
+from engine.app.service import (EventLines, build_engine, build_mqtt, load_engine_model, model_windows, open_redis,
                                 seed_queries, stop_on_signals)
 from engine.contracts.settings import ServiceConfig
 from stream.cameras import CameraRegistry
@@ -64,7 +64,8 @@ def run_engine(cfg: ServiceConfig, echo: Callable[[str], None], consumer: str | 
     client, _, _ = open_redis(cfg)
     keys = cfg.redis.keys()
     seed_queries(client, keys, _config_queries(cfg))
-    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(format_event(e)),
+    lines = EventLines()
+    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(lines(e)),
                           consumer=consumer, loaded=loaded)
     serve_healthz(health_port, lambda: not stop.is_set() and bool(client.exists(keys.heartbeat("engine", worker.consumer))))
     worker.run(max_windows=max_windows, idle_exit_s=idle_exit_s)
