@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stream.redis_server import free_port
-from tests.waiting import wait_for, wait_until
+from tests.waiting import stop_process, wait_for, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -52,13 +52,8 @@ class Mosquitto:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 10)  # SIGTERM first: mosquitto saves its persistence file
         wait_until(lambda: not self.accepting(), 5)
 
 

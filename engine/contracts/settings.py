@@ -194,7 +194,8 @@ def _mqtt_environment(cfg: ServiceConfig) -> ServiceConfig:
     try:
         mqtt = MqttSettings.model_validate({**cfg.mqtt.model_dump(), **env})
     except ValidationError as exc:
-        raise ConfigError("environment: invalid MQTT settings\n  " + "\n  ".join(error_lines(exc.errors(), whole="mqtt"))) from None
+        lines = error_lines([{**e, "loc": ("mqtt", *e["loc"])} for e in exc.errors()], whole="mqtt")
+        raise ConfigError("SVL_MQTT_* environment: invalid MQTT settings\n  " + "\n  ".join(lines)) from None
     return cfg.model_copy(update={"mqtt": mqtt})
 
 

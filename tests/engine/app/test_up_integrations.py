@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -17,21 +16,14 @@ import pytest
 import yaml
 
 from api.metrics import METRICS
+from stream.redis_server import free_port
 from tests.engine.app.up_process import UpProcess
 from tests.mqtt_broker import MOSQUITTO, Mosquitto, Subscriber, retained
-from tests.waiting import wait_for, wait_until
+from tests.waiting import stop_process, wait_for, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 BROKER_SECRET = "mqtt-Secret-9"
 DEMO_QUERIES = ("red-circle", "yellow-triangle", "blue-square", "green-triangle")
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def up(tmp_path_factory, broker, subscriber):
     (tmp / "data").mkdir(mode=0o700)
     read_token = add_token(tmp / "data" / "api-tokens.json", "prometheus", Scope.READ)
     config = ("api:\n  port: 0\nmqtt:\n  discovery_every_s: 1\ncameras:\n  - id: demo\n    url: synthetic://demo?fps=10\n"
-              f"  - id: door\n    url: rtsp://127.0.0.1:{_closed_port()}/live\n"
+              f"  - id: door\n    url: rtsp://127.0.0.1:{free_port()}/live\n"
               "    open_timeout_s: 1\n    backoff_initial_s: 0.2\n    backoff_max_s: 0.5\n")
     proc = UpProcess(tmp, config, env={"SVL_MQTT_URL": f"mqtt://svl:{BROKER_SECRET}@127.0.0.1:{broker.port}"})
     proc.read_token = read_token
@@ -95,8 +87,6 @@ def test_up_with_mqtt_when_events_happen_then_the_broker_has_events_states_snaps
 
 
 def _prometheus(tmp: Path, api_url: str, token: str, rules: Path) -> tuple[subprocess.Popen, str]:
-    from stream.redis_server import free_port
-
     port = free_port()
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(rules)],
@@ -154,12 +144,7 @@ def test_prometheus_when_scraping_up_then_svl_series_have_their_labels_and_a_for
         alerts = wait_for(firing, 60, "SpaceVLLMCameraNotRunning firing")
         assert {a["labels"]["camera"] for a in alerts} == {"door"} and alerts[0]["labels"]["severity"] == "page"
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait()
+        stop_process(prom)
 
 
 def test_up_with_mqtt_when_stopped_then_offline_and_states_off_are_retained(up, broker, subscriber):
