@@ -193,8 +193,8 @@ class Keys:
         return f"{self.prefix}mqtt:cursor"
 
     def mqtt_discovered(self) -> str:
-        """Set of the `camera/query` pairs whose Home Assistant discovery config is retained on the broker: what to
-        remove when a query or a camera goes, even after a restart."""
+        """Hash `camera/query` -> the Home Assistant discovery config retained on the broker for that pair: what to
+        update when a query changes, and remove when a query or a camera goes, even after a restart."""
         return f"{self.prefix}mqtt:discovered"
 
     def webhook_dead(self) -> str:
