@@ -23,6 +23,8 @@ test: $(STAMP)
 	@command -v docker-compose >/dev/null || echo "note: docker-compose not found; the compose-file validation test is skipped (apt-get install docker-compose; no Docker engine needed)"
 	@command -v gst-launch-1.0 >/dev/null || echo "note: GStreamer not found; RTSP tests are skipped (apt-get install gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly python3-gi)"
 	@command -v chromedriver >/dev/null || echo "note: chromium/chromedriver not found; the dashboard's browser tests are skipped (apt-get install chromium chromium-driver)"
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || echo "note: mosquitto not found; the MQTT publisher's tests are skipped (apt-get install mosquitto mosquitto-clients)"
+	@command -v promtool >/dev/null || echo "note: promtool/prometheus not found; the alert rules' tests and the live Prometheus test are skipped (apt-get install prometheus)"
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 bench: $(STAMP)

@@ -46,6 +46,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "svl_events_total": ("counter", "Grounding events published, by type", ("type",)),
     "svl_webhook_deliveries_total": ("counter", "Webhook deliveries by final result (delivered, gave_up, dropped)", ("result",)),
     "svl_webhook_attempt_failures_total": ("counter", "Failed webhook attempts (each retry counts)", ()),
+    "svl_mqtt_deliveries_total": ("counter", "Events the MQTT publisher delivered, by result (published: every message "
+                                  "acknowledged by the broker; gave_up: skipped after an error)", ("result",)),
     "svl_workers": ("gauge", "Workers with a fresh heartbeat, by role", ("role",)),
     "svl_role_up": ("gauge", "1 while a supervised role runs, 0 while its supervisor restarts it or gave up", ("role", "supervisor")),
     "svl_role_restarts": ("gauge", "Times the supervisor restarted the role since it started", ("role", "supervisor")),
@@ -86,6 +88,7 @@ class RedisCollector:
             self._cameras(fam)
             self._telemetry(fam, "engine")
             self._telemetry(fam, "webhooks")
+            self._telemetry(fam, "mqtt")
             self._groups(fam)
             for role in ROLES:
                 fam["svl_workers"].add_metric([role], sum(1 for _ in self.client.scan_iter(self.keys.heartbeat_pattern(role), count=100)))

@@ -188,6 +188,15 @@ class Keys:
         """The event feed position up to which the media worker made snapshots and clips."""
         return f"{self.prefix}media:cursor"
 
+    def mqtt_cursor(self) -> str:
+        """The event feed position up to which the MQTT publisher had every message acknowledged by its broker."""
+        return f"{self.prefix}mqtt:cursor"
+
+    def mqtt_discovered(self) -> str:
+        """Hash `camera/query` -> the Home Assistant discovery config retained on the broker for that pair: what to
+        update when a query changes, and remove when a query or a camera goes, even after a restart."""
+        return f"{self.prefix}mqtt:discovered"
+
     def webhook_dead(self) -> str:
         """Deliveries given up after the last retry (capped stream: query, url, event id, error)."""
         return f"{self.prefix}webhooks:dead"

@@ -22,6 +22,8 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
 
 
 class RedisLink:
+    service = "Redis"  # what goes away, in the log lines (a subclass follows another server the same way)
+
     def __init__(self, who: str, initial_s: float = 0.5, max_s: float = 10.0, now: Callable[[], float] = time.monotonic,
                  seed: int | None = None) -> None:
         self.who = who
@@ -45,8 +47,8 @@ class RedisLink:
             self.down_since = self.now()
             self.outages += 1
             self.attempt = 0
-            what = "Redis refused a command" if type(exc).__name__ == "ResponseError" else "Redis unavailable"
-            log.warning("%s: %s (%s: %s); retrying with backoff", self.who, what, type(exc).__name__, exc)
+            what = "refused a command" if type(exc).__name__ == "ResponseError" else "unavailable"
+            log.warning("%s: %s %s (%s: %s); retrying with backoff", self.who, self.service, what, type(exc).__name__, exc)
         delay = backoff_delay(self.attempt, self.initial_s, self.max_s, self.rng)
         self.attempt += 1
         return delay
@@ -54,7 +56,7 @@ class RedisLink:
     def ok(self) -> None:
         """Record a successful call (logs the recovery once)."""
         if self.down_since is not None:
-            log.warning("%s: Redis is back after %.1f s%s", self.who, self.now() - self.down_since,
+            log.warning("%s: %s is back after %.1f s%s", self.who, self.service, self.now() - self.down_since,
                         f" ({self.dropped} dropped meanwhile)" if self.dropped else "")
             self.down_since = None
             self.attempt = 0

@@ -177,7 +177,7 @@ class RoleLoop:
 
 
 # ---- supervision ----------------------------------------------------------------------------
-ROLES = ("ingest", "engine", "media", "webhooks")  # the long-running roles readiness and metrics report on
+ROLES = ("ingest", "engine", "media", "webhooks", "mqtt")  # the long-running roles readiness and metrics report on
 
 
 @dataclass(frozen=True)

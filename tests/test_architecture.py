@@ -20,6 +20,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "engine.contracts": ("engine.contracts", "stream"),
     "engine.serving": ("engine.serving", "engine.contracts", "engine.model", "stream"),
     "engine.media": ("engine.media", "engine.contracts", "stream"),
+    "engine.mqtt": ("engine.mqtt", "engine.contracts", "engine.media.store", "stream"),
     "engine.training": ("engine.training", "engine.model", "engine.contracts", "stream"),
     "export": ("export", "engine.model", "stream"),
     "api": ("api", "engine.contracts", "engine.media.store", "stream"),

@@ -51,7 +51,7 @@ def test_compose_file_when_validated_by_docker_compose_then_valid():
     assert r.returncode == 0, r.stderr
     services = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "--services"], env=env, capture_output=True,
                               text=True).stdout.split()
-    assert set(services) == {"redis", "ingest", "engine", "media", "api", "engine-gpu"}
+    assert set(services) == {"redis", "ingest", "engine", "media", "api", "engine-gpu", "mosquitto", "mqtt"}
     # a secret left unset is refused with its message
     r = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], env={"PATH": os.environ["PATH"]},
                        capture_output=True, text=True)
@@ -63,13 +63,18 @@ def test_compose_file_when_read_then_has_the_required_shape():
     s = spec["services"]
     assert "--appendonly" in s["redis"]["command"] and "--requirepass" in s["redis"]["command"]
     assert any(v.endswith(":/data") for v in s["redis"]["volumes"])
-    for name in CHAIN + ["engine-gpu"]:
+    for name in CHAIN + ["engine-gpu", "mqtt"]:
         assert "/healthz" in " ".join(s[name]["healthcheck"]["test"])
         assert "container_name" not in s[name]
     assert "ports" not in s["engine"]  # scalable: --scale engine=3
     gpu = s["engine-gpu"]
     assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"]["VARIANT"] == "gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    for name in ("mosquitto", "mqtt"):  # opt-in: `docker compose --profile mqtt up`
+        assert s[name]["profiles"] == ["mqtt"]
+    assert s["mqtt"]["command"][:2] == ["spacevllm", "mqtt"] and "mosquitto:1883" in s["mqtt"]["environment"]["SVL_MQTT_URL"]
+    assert s["mqtt"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+    assert "media-data:/data/media:ro" in s["mqtt"]["volumes"]  # snapshots, read-only
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ARG VARIANT=cpu" in dockerfile and 'pip install "torch==${TORCH_VERSION}"' in dockerfile
     assert re.search(r'"torch==2\.13\.0"', (ROOT / "pyproject.toml").read_text()) and "ARG TORCH_VERSION=2.13.0" in dockerfile

@@ -21,3 +21,16 @@ def wait_for(predicate, timeout_s: float, what: str, step_s: float = 0.25):
     if not value:
         raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
     return value
+
+
+def stop_process(proc, timeout_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout_s` (a server fixture's teardown)."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

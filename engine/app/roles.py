@@ -1,4 +1,4 @@
-"""The roles run one per container (`spacevllm ingest | engine | serve | media`) against a shared Redis; each
+"""The roles run one per container (`spacevllm ingest | engine | serve | media | mqtt`) against a shared Redis; each
 runs until SIGINT/SIGTERM. A role that cannot start raises ServiceError (CheckpointError for the engine's
 model) with one line for the operator; `up` (engine/app/service.py) runs them all on one machine instead."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from engine.app.connection import ServiceError, private_state
-from engine.app.service import (build_engine, format_event, load_engine_model, model_windows, open_redis,
+from engine.app.service import (EventLines, build_engine, build_mqtt, load_engine_model, model_windows, open_redis,
                                 seed_queries, stop_on_signals)
 from engine.contracts.settings import ServiceConfig
 from stream.cameras import CameraRegistry
@@ -64,7 +64,8 @@ def run_engine(cfg: ServiceConfig, echo: Callable[[str], None], consumer: str | 
     client, _, _ = open_redis(cfg)
     keys = cfg.redis.keys()
     seed_queries(client, keys, _config_queries(cfg))
-    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(format_event(e)),
+    lines = EventLines()
+    worker = build_engine(cfg, client, keys, stop, on_event=lambda e: echo(lines(e)),
                           consumer=consumer, loaded=loaded)
     serve_healthz(health_port, lambda: not stop.is_set() and bool(client.exists(keys.heartbeat("engine", worker.consumer))))
     worker.run(max_windows=max_windows, idle_exit_s=idle_exit_s)
@@ -101,3 +102,18 @@ def run_media(cfg: ServiceConfig, echo: Callable[[str], None], health_port: int 
     serve_healthz(health_port, lambda: not stop.is_set())
     echo(f"media worker: media in {cfg.media_dir()}")
     worker.run()
+
+
+def run_mqtt(cfg: ServiceConfig, echo: Callable[[str], None], health_port: int | None = None) -> None:
+    """The MQTT publisher: follow the event feed; events, states, snapshots and discovery to `mqtt.url`."""
+    private_state(cfg.data_dir)
+    _require_shared_redis(cfg, "the MQTT publisher")
+    if not cfg.mqtt.url:
+        raise ServiceError("the MQTT publisher needs a broker: set mqtt.url or SVL_MQTT_URL (mqtt://host:1883)")
+    client, _, _ = open_redis(cfg)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    publisher = build_mqtt(cfg, client, cfg.redis.keys(), stop)
+    serve_healthz(health_port, lambda: not stop.is_set())
+    echo(f"mqtt publisher: {redact_url(cfg.mqtt.url)}, topics {cfg.mqtt.topic_prefix}/...")
+    publisher.run()

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 from engine.app.connection import ServiceError, checked_client, private_state
-from engine.contracts.events import GroundingEvent
+from engine.contracts.events import EventType, GroundingEvent
 from engine.serving.grounder import WindowGrounder
 from engine.contracts.queries import QueryRegistry, validate_query
 from engine.contracts.settings import CameraSettings, ServiceConfig, WindowSettings, default_data_dir
@@ -113,6 +113,23 @@ def start_media(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threa
     return Keeper("media", run, stop, board).start()
 
 
+def build_mqtt(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event,
+               finish: threading.Event | None = None):
+    """The MQTT publisher of `cfg.mqtt` (snapshots from the media directory when media is on)."""
+    from engine.media.store import MediaStore
+    from engine.mqtt.publisher import MqttPublisher
+
+    return MqttPublisher(client, keys, cfg.mqtt, stop, MediaStore(cfg.media_dir()) if cfg.media.enabled else None,
+                         finish=finish)
+
+
+def start_mqtt(cfg: ServiceConfig, client: redis.Redis, keys: Keys, stop: threading.Event, finish: threading.Event,
+               board: StatusBoard | None = None) -> Keeper:
+    """`up`'s MQTT publisher in a thread, restarted if it dies (a fresh one resumes from its cursor). `finish`:
+    publish what the feed holds (the engine's last ends), then stop."""
+    return Keeper("mqtt", lambda: build_mqtt(cfg, client, keys, stop, finish).run(), stop, board).start()
+
+
 def load_engine_model(cfg: ServiceConfig):
     """The model (on `engine.device` in `engine.dtype`) and its backend; CheckpointError names what is wrong with the
     model directory, ServiceError a device or dtype that cannot be used here."""
@@ -176,14 +193,50 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-5]
 
 
-def format_event(e: GroundingEvent) -> str:
+def format_event(e: GroundingEvent, previous: GroundingEvent | None = None) -> str:
     """One readable line: the event's time (its span's end on the capture clock, UTC; not when it was printed),
-    type, camera, query, span, score, first box, end reason."""
+    type, camera, query, span, score, first box, end reason. An UPDATE with the event's `previous` line says what
+    changed instead (an update can move the span's end by less than the tenth of a second a clock shows)."""
+    head = f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} \"{e.query_text}\" "
+    if e.type is EventType.UPDATE and previous is not None:
+        return head + _changes(previous, e)
     box = " first box=[" + ", ".join(f"{v:.0f}" for v in e.boxes[0].xyxy) + "]" if e.boxes else ""
     reason = f" reason={e.reason.value}" if e.reason is not None else ""
-    return (f"{_when(e.end_ts)} {e.type.value.upper():<6} camera={e.camera_id} query={e.query_id} "
-            f"\"{e.query_text}\" span={_clock(e.start_ts)}-{_clock(e.end_ts)} ({e.end_ts - e.start_ts:.1f} s) "
+    return (head + f"span={_clock(e.start_ts)}-{_clock(e.end_ts)} ({e.end_ts - e.start_ts:.1f} s) "
             f"score={e.score:.2f}{box}{reason}")
+
+
+def _changes(prev: GroundingEvent, e: GroundingEvent) -> str:
+    """What an update changed: the span's ends, the score, the boxes (kept per frame, so the count only grows)."""
+    out = []
+    if e.start_ts != prev.start_ts:
+        out.append(f"span start {e.start_ts - prev.start_ts:+.2f} s -> {_clock(e.start_ts)}")
+    if e.end_ts != prev.end_ts:
+        out.append(f"span end {e.end_ts - prev.end_ts:+.2f} s -> {_clock(e.end_ts)}")
+    if out:
+        out[-1] += f" ({e.end_ts - e.start_ts:.1f} s)"
+    if round(e.score, 2) != round(prev.score, 2):
+        out.append(f"score {prev.score:.2f} -> {e.score:.2f}")
+    added = len(e.boxes) - len(prev.boxes)
+    if added:
+        out.append(f"{added:+d} box{'' if abs(added) == 1 else 'es'} ({len(e.boxes)})")
+    elif e.boxes != prev.boxes:
+        out.append("boxes moved")
+    return ", ".join(out) or f"score {e.score:.2f} (changed below the shown precision)"
+
+
+class EventLines:
+    """`format_event` for a stream of events: remembers each open event's last version, so an UPDATE line says what
+    changed since the line before it."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, GroundingEvent] = {}
+
+    def __call__(self, e: GroundingEvent) -> str:
+        previous = self.last.pop(e.event_id, None)
+        if e.type is not EventType.END:
+            self.last[e.event_id] = e
+        return format_event(e, previous)
 
 
 def up_engine_threads(cfg: ServiceConfig, cores: int | None = None) -> int:
@@ -214,7 +267,8 @@ def engine_role(control, cfg: ServiceConfig, url: str, echo: Callable[[str], Non
     cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"threads": control.threads})})
     loaded = load_engine_model(cfg)
     client = connect(url, cluster=cfg.redis.cluster)
-    engine = build_engine(cfg, client, cfg.redis.keys(), control.stop, on_event=lambda e: echo(format_event(e)), loaded=loaded)
+    lines = EventLines()
+    engine = build_engine(cfg, client, cfg.redis.keys(), control.stop, on_event=lambda e: echo(lines(e)), loaded=loaded)
     threading.Thread(target=lambda: control.finish.wait() and engine.finish(timeout_s=10.0), daemon=True).start()
     engine.run()
 
@@ -281,8 +335,8 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
     model_windows(cfg)  # ServiceError: windows.input_size disagrees with the model; nothing started yet
     shutdown = shutdown or threading.Event()  # set by SIGINT/SIGTERM, or by the caller (tests run `up` in a thread)
     previous = stop_on_signals(shutdown) if threading.current_thread() is threading.main_thread() else {}
-    server = api_server = media = None
-    media_stop = threading.Event()
+    server = api_server = media = mqtt = None
+    media_stop, mqtt_stop, mqtt_finish = threading.Event(), threading.Event(), threading.Event()
     roles = Supervisor()
     try:
         client, server, url = open_redis(cfg)
@@ -296,6 +350,7 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
              f"({resolve_backend(cfg.engine.backend)}, {engine_threads} thread{'' if engine_threads == 1 else 's'}); Ctrl-C stops")
         api_server = start_api(cfg, client, keys, threading.Event(), echo, board) if cfg.api.enabled else None
         media = start_media(cfg, client, keys, media_stop, board) if cfg.media.enabled else None
+        mqtt = start_mqtt(cfg, client, keys, mqtt_stop, mqtt_finish, board) if cfg.mqtt.url else None
         roles.start("engine", engine_role, (cfg, url, _for_child(echo)), threads=engine_threads)
         roles.start("ingest", ingest_role, (cfg, url, cameras))
         _supervise(roles, board, shutdown, max_seconds)
@@ -310,6 +365,10 @@ def run_up(cfg: ServiceConfig, echo: Callable[[str], None], max_seconds: float |
         if not roles.finish("engine", timeout_s=30.0):
             roles.stop("engine", timeout_s=5.0)
         roles.close()
+        if mqtt is not None:  # after the engine: its last ends (states OFF) are published
+            mqtt_finish.set()
+            mqtt.join(timeout=15)
+        mqtt_stop.set()
         if server is not None:
             server.stop()
         for sig, handler in previous.items():

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from engine.contracts.errors import error_lines
 from engine.contracts.queries import QuerySpec
 from stream.config import CameraSettings, IngestSettings, RedisSettings, Strict, WindowSettings
 
 __all__ = ["ApiSettings", "Backend", "CameraSettings", "ConfigError", "EngineSettings", "IngestSettings", "MediaSettings",
-           "RedisSettings", "ServiceConfig", "Strict", "WindowSettings", "default_data_dir", "load_service_config"]
+           "MqttSettings", "RedisSettings", "ServiceConfig", "Strict", "WindowSettings", "default_data_dir", "load_service_config"]
 
 # auto: onnxruntime when installed (faster on a CPU, bench/backends.py), else torch
 Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
@@ -130,6 +130,50 @@ class MediaSettings(Strict):
     heartbeat_s: float = Field(2.0, gt=0, le=60)
 
 
+MQTT_URL = re.compile(r"^mqtts?://[^/?#]+/?$")
+TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")  # no wildcards, no empty levels: a literal topic head
+
+
+class MqttSettings(Strict):
+    """The MQTT publisher (`spacevllm mqtt`; `up` starts it when `url` is set): events, per (camera, query) state and
+    snapshot, availability and Home Assistant discovery, QoS 1 (engine/mqtt/). Credentials: in the URL, or
+    SVL_MQTT_USERNAME / SVL_MQTT_PASSWORD; SVL_MQTT_URL overrides `url`. The URL is only ever shown redacted."""
+
+    url: str | None = None  # mqtt://[user[:password]@]host[:port] (1883) or mqtts://... (8883, TLS); None: no publisher
+    topic_prefix: str = "spacevllm"  # <prefix>/events, <prefix>/<camera>/<query>/state, <prefix>/available
+    discovery: bool = True  # Home Assistant discovery configs under `discovery_prefix`
+    discovery_prefix: str = "homeassistant"
+    device_class: Literal["motion"] | None = "motion"  # the binary sensors' device class (None: none)
+    username: str | None = None  # overrides the URL's user
+    password: SecretStr | None = None  # overrides the URL's password (set it through SVL_MQTT_PASSWORD, not the YAML)
+    ca_file: str | None = None  # mqtts: a CA bundle (None: the system's)
+    client_id: str | None = None  # None: spacevllm-<host>-<pid>
+    keepalive_s: int = Field(30, ge=5, le=3600)  # also how soon the broker notices a dead publisher and sends `offline`
+    ack_timeout_s: float = Field(10.0, gt=0, le=300)  # PUBACKs not back within this: the broker is treated as gone
+    snapshot_wait_s: float = Field(10.0, ge=0, le=300)  # how long after an event its snapshot is looked for
+    discovery_every_s: float = Field(5.0, gt=0, le=3600)  # queries and cameras re-read this often for discovery
+    block_ms: int = Field(500, ge=10)
+    heartbeat_s: float = Field(2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not MQTT_URL.match(v):
+            from stream.urls import redact_url
+
+            raise ValueError(f"must be mqtt://[user[:password]@]host[:port] or mqtts://..., got {redact_url(v)!r}")
+        return v
+
+    @field_validator("topic_prefix", "discovery_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not TOPIC_PREFIX.match(v):
+            raise ValueError(f"topic levels of A-Z a-z 0-9 _ - separated by '/', got {v!r}")
+        return v
+
+
 class ServiceConfig(Strict):
     data_dir: str | None = None  # None: $SVL_DATA_DIR, else ~/.local/share/spacevllm (see default_data_dir)
     redis: RedisSettings = RedisSettings()
@@ -140,6 +184,7 @@ class ServiceConfig(Strict):
     queries: list[QuerySpec] = []  # the one query schema (engine/contracts/queries.py), seeded by up, engine and ingest
     api: ApiSettings = ApiSettings()
     media: MediaSettings = MediaSettings()
+    mqtt: MqttSettings = MqttSettings()
 
     def media_dir(self) -> Path:
         return Path(self.media.dir) if self.media.dir else Path(self.data_dir or default_data_dir()) / "media"
@@ -147,6 +192,21 @@ class ServiceConfig(Strict):
 
 class ConfigError(ValueError):
     pass
+
+
+def _mqtt_environment(cfg: ServiceConfig) -> ServiceConfig:
+    """SVL_MQTT_URL, SVL_MQTT_USERNAME and SVL_MQTT_PASSWORD (secrets stay out of the YAML) over the `mqtt` section."""
+    env = {"url": os.environ.get("SVL_MQTT_URL"), "username": os.environ.get("SVL_MQTT_USERNAME"),
+           "password": os.environ.get("SVL_MQTT_PASSWORD")}
+    env = {k: v for k, v in env.items() if v}
+    if not env:
+        return cfg
+    try:
+        mqtt = MqttSettings.model_validate({**cfg.mqtt.model_dump(), **env})
+    except ValidationError as exc:
+        lines = error_lines([{**e, "loc": ("mqtt", *e["loc"])} for e in exc.errors()], whole="mqtt")
+        raise ConfigError("SVL_MQTT_* environment: invalid MQTT settings\n  " + "\n  ".join(lines)) from None
+    return cfg.model_copy(update={"mqtt": mqtt})
 
 
 def load_service_config(path: str | Path | None) -> ServiceConfig:
@@ -181,6 +241,7 @@ def load_service_config(path: str | Path | None) -> ServiceConfig:
         if backend not in names:
             raise ConfigError(f"SVL_ENGINE_BACKEND must be {', '.join(names[:-1])} or {names[-1]}, got {backend!r}")
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"backend": backend})})
+    cfg = _mqtt_environment(cfg)
     if cfg.engine.device == "cpu" and cfg.engine.dtype == "float16":
         raise ConfigError(f"{path or 'defaults'}: engine.dtype float16 needs a CUDA device (engine.device is cpu): "
                           "use bfloat16 or float32 on a CPU")

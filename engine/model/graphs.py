@@ -13,7 +13,9 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -69,6 +71,40 @@ def validate_manifest(onnx_dir: str | Path, model_dir: str | Path | None = None,
     return manifest
 
 
+# The exporter's libraries log every pass at INFO (about 130 lines per export: "Replaced initializer ...") and
+# torch.onnx warns about torchvision ops this model never uses: raised for the export's duration, so a first start
+# says one line of ours instead (`--verbose` keeps them all).
+EXPORT_LOG_LEVELS = {"onnx_ir": logging.WARNING, "onnxscript": logging.WARNING, "torch.onnx": logging.ERROR}
+
+
+@contextmanager
+def quiet_export_logs() -> Iterator[None]:
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [(logging.getLogger(name), level) for name, level in EXPORT_LOG_LEVELS.items()]
+    loggers += [(lg, level) for name, level in EXPORT_LOG_LEVELS.items()  # children with a level of their own
+                for child, lg in logging.Logger.manager.loggerDict.items()
+                if isinstance(lg, logging.Logger) and child.startswith(name + ".") and lg.level != logging.NOTSET]
+    before = [(lg, lg.level) for lg, _ in loggers]
+    for lg, level in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, level in before:
+            lg.setLevel(level)
+
+
+def export_quietly(export: Exporter, model_dir: Path, out_dir: Path, where: Path) -> None:
+    """`export` with its libraries' chatter held back, then one line: what was exported, where it is kept, how long."""
+    t0 = time.perf_counter()
+    with quiet_export_logs():
+        export(model_dir, out_dir)
+    log.info("exported the model's vision encoder and space decoder to ONNX in %.1f s (kept in %s; once per checkpoint)",
+             time.perf_counter() - t0, where)
+
+
 def cached_export(model_dir: str | Path, cache_dir: str | Path, export: Exporter) -> Path:
     """`<cache_dir>/<sha256 of the weights, 16 hex>`: exported by `export` on first use (into a temporary sibling, then
     renamed, so a crash never leaves a half export), reused while its manifest matches the checkpoint."""
@@ -80,8 +116,7 @@ def cached_export(model_dir: str | Path, cache_dir: str | Path, export: Exporter
         pass
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    log.info("exporting the model's vision encoder and space decoder to ONNX (once per checkpoint) in %s", target)
-    export(Path(model_dir), tmp)
+    export_quietly(export, Path(model_dir), tmp, target)
     shutil.rmtree(target, ignore_errors=True)
     try:
         tmp.rename(target)

@@ -15,7 +15,7 @@ def test_readyz_when_engine_and_ingest_beat_and_nothing_is_down_then_ready(api, 
     with api.client(None) as http:
         r = http.get("/readyz")
     assert r.status_code == 200 and r.json()["status"] == "ready" and r.json()["down"] == []
-    assert r.json()["workers"] == {"ingest": 1, "engine": 1, "media": 0, "webhooks": 0}
+    assert r.json()["workers"] == {"ingest": 1, "engine": 1, "media": 0, "webhooks": 0, "mqtt": 0}
 
 
 def test_readyz_when_a_supervisor_reports_a_role_restarting_then_not_ready_naming_it(api, redis_client):

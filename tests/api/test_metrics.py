@@ -47,6 +47,7 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     tel.window_skipped("cam1", "superseded")
     RedisCounters(redis_client, KEYS.telemetry("webhooks")).update(
         {field_name("svl_webhook_deliveries_total", {"result": "delivered"}): 4, "svl_webhook_attempt_failures_total": 2})
+    RedisCounters(redis_client, KEYS.telemetry("mqtt")).update({field_name("svl_mqtt_deliveries_total", {"result": "published"}): 7})
     stream = KEYS.windows_for("cam1")
     for i in range(5):
         redis_client.xadd(stream, {"camera": "cam1", "i": i})
@@ -85,6 +86,7 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     assert got[("svl_consumer_group_lag", ())] == 3 and got[("svl_consumer_group_pending", ())] == 2
     assert got[("svl_webhook_deliveries_total", (("result", "delivered"),))] == 4
     assert got[("svl_webhook_attempt_failures_total", ())] == 2
+    assert got[("svl_mqtt_deliveries_total", (("result", "published"),))] == 7
     assert got[("svl_workers", (("role", "engine"),))] == 1 and got[("svl_workers", (("role", "ingest"),))] == 0
     assert got[("svl_workers", (("role", "media"),))] == 0 and got[("svl_workers", (("role", "webhooks"),))] == 0
     assert got[("svl_role_up", (("role", "media"), ("supervisor", "up-1")))] == 0

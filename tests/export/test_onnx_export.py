@@ -93,7 +93,9 @@ def test_manifest_from_another_checkpoint_is_refused(exported, tmp_path, tiny_mo
 
 def test_provider_selection_prefers_tensorrt_then_cuda_then_cpu(caplog):
     assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert "falling back to CPUExecutionProvider" in caplog.text
+    assert "falling back" not in caplog.text  # the expected CPU-only case: no warning
+    assert choose_providers(["CPUExecutionProvider"], device_type="cuda") == ["CPUExecutionProvider"]
+    assert "falling back to CPUExecutionProvider" in caplog.text  # a model on a GPU: worth a warning
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"]) == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(RuntimeError, match="none of the ONNX Runtime providers"):

@@ -1,4 +1,4 @@
-"""The service's roles: `up` (all of them on one machine), and `ingest`, `engine`, `serve`, `media` (one per
+"""The service's roles: `up` (all of them on one machine), and `ingest`, `engine`, `serve`, `media`, `mqtt` (one per
 container, engine/app/roles.py)."""
 from __future__ import annotations
 
@@ -86,3 +86,15 @@ def media(config_path, health_port) -> None:
     cfg = service_config(config_path)
     with _one_line_errors():
         run_media(cfg, click.echo, health_port)
+
+
+@click.command()
+@config_option
+@health_port_option
+def mqtt(config_path, health_port) -> None:
+    """The MQTT publisher: events, per camera and query state and snapshot, Home Assistant discovery (mqtt.url)."""
+    from engine.app.roles import run_mqtt
+
+    cfg = service_config(config_path)
+    with _one_line_errors():
+        run_mqtt(cfg, click.echo, health_port)

@@ -18,7 +18,7 @@ import torch
 
 from engine.model.checkpoint import save_model
 from engine.model.config import SpaceVLLMConfig
-from engine.model.graphs import DECODER_FILE, VISION_FILE, Exporter, cached_export, validate_manifest
+from engine.model.graphs import DECODER_FILE, VISION_FILE, Exporter, cached_export, export_quietly, validate_manifest
 from engine.model.placement import placement_of
 from engine.model.space_decoder import SpaceDecoderOutput
 
@@ -29,13 +29,17 @@ DEVICE_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # run
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
 
 
-def choose_providers(available: list[str], wanted: list[str] | None = None) -> list[str]:
+def choose_providers(available: list[str], wanted: list[str] | None = None, device_type: str = "cpu") -> list[str]:
+    """The providers to use, in order. Falling back is worth a warning only when it is a surprise: providers asked
+    for by name, or a model on a CUDA device; a CPU-only host without the GPU providers is the expected case (the
+    backend names the provider it uses at INFO)."""
+    surprise = wanted is not None or device_type == "cuda"
     wanted = wanted or PREFERENCE
     chosen = [p for p in wanted if p in available]
     if not chosen:
         raise RuntimeError(f"none of the ONNX Runtime providers {wanted} is available (have {available})")
     if chosen[0] != wanted[0]:
-        log.warning("ONNX Runtime: %s not available, falling back to %s", ", ".join(wanted[: wanted.index(chosen[0])]), chosen[0])
+        (log.warning if surprise else log.debug)("ONNX Runtime: %s not available, falling back to %s", ", ".join(wanted[: wanted.index(chosen[0])]), chosen[0])
     return chosen
 
 
@@ -55,8 +59,8 @@ class OrtBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             so.intra_op_num_threads = threads
-        self.providers = choose_providers(ort.get_available_providers(), providers)
         self.device = torch.device(device) if device is not None else torch.device("cpu")  # the model's: results go there
+        self.providers = choose_providers(ort.get_available_providers(), providers, self.device.type)
         self.dtype = dtype or torch.float32
         # device tensors in and out when the graphs run on the GPU the model is on
         self.bound = self.providers[0] in DEVICE_PROVIDERS and self.device.type == "cuda"
@@ -105,9 +109,8 @@ class OrtBackend:
             else:
                 tmp = Path(tempfile.mkdtemp(prefix="spacevllm-onnx-"))
                 save_model(model, tmp / "model")
-                export(tmp / "model", tmp / "onnx")
+                export_quietly(export, tmp / "model", tmp / "onnx", tmp / "onnx")
                 onnx_dir = tmp / "onnx"
-                log.info("exported ONNX graphs to %s", onnx_dir)
         where = placement_of(model)
         return cls(onnx_dir, threads=threads, device=where.device, dtype=where.dtype)
 
