@@ -126,3 +126,16 @@ def test_model_windows_when_input_size_is_unset_takes_the_models_and_when_it_dis
         p.write_text(text)
         with pytest.raises(ServiceError, match=re.escape(where) + ".*the model .* reads"):
             model_windows(load_service_config(p))
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("windows:\n  frame_ttl_seconds: .inf\n", "windows.frame_ttl_seconds"),  # passed validation and killed ingest
+    ("windows:\n  sample_fps: .nan\n", "windows.sample_fps"),
+    ("engine:\n  retry_backoff_s: 1.0e308\n", "engine.retry_backoff_s"),
+    ("cameras:\n  - id: c\n    url: synthetic://demo\n    open_timeout_s: .inf\n", "cameras.0.open_timeout_s"),
+])
+def test_load_when_a_number_is_infinite_nan_or_huge_then_refused_naming_the_key(tmp_path, yaml_text, key):
+    cfg = tmp_path / "service.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_service_config(cfg)
