@@ -15,8 +15,8 @@ latency p50 / p95 (from the engine's latency histogram; capture of a window's la
 and the largest single value, frames decoded vs dropped, CPU seconds per role. The bound: p95 <= stride + 1 s,
 backlog not growing (end - start <= 2 windows per camera), drops <= 1%, skipped <= 1%.
 
-Lever switches (for measuring them side by side): --topology threads (ingest and engine in one process, as `up`
-ran them before issue 14), --engine-threads, --backend, --batch.
+Lever switches (for measuring them side by side): --topology threads (ingest and engine as threads of one process,
+which shares one GIL and lets the thread pools oversubscribe the cores), --engine-threads, --backend, --batch.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def quiet(line: str) -> None:
 
 
 def combined_role(control, cfg: ServiceConfig, url: str, cameras) -> None:
-    """Ingest and the engine as threads of one process: how `up` ran them before issue 14 (for --topology threads)."""
+    """Ingest and the engine as threads of one process (for --topology threads: the layout `up` does not use)."""
     from engine.app.service import build_engine, load_engine_model
     from stream.ingest import IngestService
 

@@ -5,7 +5,7 @@ sensor noise, no B-frames, GOP 2 s).
     .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3] [--resolution 720p]
 
 Limit = decode only, nothing converted. Full path = decode, timestamp, sample at 2 fps, convert + resize the kept
-frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded); with previews (the default since issue 13)
+frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded); with previews (on by default)
 also a 640 px JPEG of each kept frame (scaled from the decoder's YUV too); both are reported.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def decode_only(path: Path, threads: int, rgb: bool = False) -> float:
             s.thread_type, s.thread_count = "SLICE", threads
         for f in c.decode(s):
             if rgb:
-                f.to_ndarray(format="rgb24")  # what the ingest path did to every frame before issue 14
+                f.to_ndarray(format="rgb24")  # a full-frame RGB conversion: what a path that converts every decoded frame pays
             n += 1
     return n / (time.perf_counter() - t0)
 

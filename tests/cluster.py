@@ -9,6 +9,8 @@ from pathlib import Path
 
 import redis
 
+from tests.waiting import pings, wait_until
+
 
 def _free_cluster_port() -> int:
     """A port whose cluster bus port (port + 10000) is free too."""
@@ -54,25 +56,19 @@ class LocalCluster:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + timeout_s
         for port in self.ports:
-            while True:
-                try:
-                    redis.Redis(port=port, socket_timeout=0.5).ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"cluster node {port} did not start") from None
-                    time.sleep(0.05)
+            if not wait_until(lambda port=port: pings(lambda: redis.Redis(port=port, socket_timeout=0.5)),
+                              max(0.0, deadline - time.monotonic()), step_s=0.05):
+                raise RuntimeError(f"cluster node {port} did not start")
         create = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
                                  "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-500:]} {create.stderr[-500:]}")
-        while True:
-            infos = [redis.Redis(port=p).cluster("info") for p in self.ports]
-            if all(i.get("cluster_state") == "ok" for i in infos):
-                return self
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cluster did not reach state ok: {infos}")
-            time.sleep(0.1)
+        def states() -> list[str]:
+            return [redis.Redis(port=p).cluster("info").get("cluster_state") for p in self.ports]
+
+        if not wait_until(lambda: all(s == "ok" for s in states()), max(0.0, deadline - time.monotonic())):
+            raise RuntimeError(f"cluster did not reach state ok: {states()}")
+        return self
 
     def flush(self) -> None:
         for p in self.ports:

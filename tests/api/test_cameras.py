@@ -3,24 +3,14 @@ restart, shows its health, and stops when deleted."""
 from __future__ import annotations
 
 import threading
-import time
 
 from engine.contracts.settings import CameraSettings, WindowSettings
 from stream.cameras import CameraRegistry
 from stream.ingest import IngestService
 from tests.api.conftest import KEYS, RunningApi, start_api
+from tests.waiting import still_true, wait_until
 
 FAST = {"sample_fps": 4, "window_seconds": 1, "stride_seconds": 0.5, "input_size": 32, "frame_ttl_seconds": 30}
-
-
-def wait_for(predicate, timeout_s: float = 15.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_add_camera_when_ingest_runs_then_windows_appear_without_restart(api, redis_client):
@@ -39,17 +29,16 @@ def test_add_camera_when_ingest_runs_then_windows_appear_without_restart(api, re
             assert r.status_code == 201, r.text
             assert http.post("/v1/cameras", json=body).status_code == 409
             # then windows appear for it, and its health is shown
-            assert wait_for(lambda: redis_client.xlen(KEYS.windows_for("live1")) > 0)
-            cam = wait_for(lambda: (c := http.get("/v1/cameras/live1").json())["health"] and c["health"]["frames_decoded"] > 0 and c)
+            assert wait_until(timeout_s=15.0, predicate=lambda: redis_client.xlen(KEYS.windows_for("live1")) > 0)
+            cam = wait_until(timeout_s=15.0, predicate=lambda: (c := http.get("/v1/cameras/live1").json())["health"] and c["health"]["frames_decoded"] > 0 and c)
             assert cam["health"]["state"] == "running" and cam["registered"] and cam["config"]["url"].startswith("synthetic://")
             assert set(cam["health"]) >= {"state", "fps", "frames_decoded", "frames_dropped", "reconnects", "last_error"}
             assert [c["id"] for c in http.get("/v1/cameras").json()] == ["live1"]
             # when it is deleted, then ingest stops it (no restart) and it stops producing windows
             assert http.delete("/v1/cameras/live1").status_code == 204
-            assert wait_for(lambda: http.get("/v1/cameras/live1").json()["health"]["state"] == "stopped")
+            assert wait_until(timeout_s=15.0, predicate=lambda: http.get("/v1/cameras/live1").json()["health"]["state"] == "stopped")
             n = redis_client.xlen(KEYS.windows_for("live1"))
-            time.sleep(1.5)
-            assert redis_client.xlen(KEYS.windows_for("live1")) == n
+            assert still_true(lambda: redis_client.xlen(KEYS.windows_for("live1")) == n, for_s=1.5)
             assert http.delete("/v1/cameras/live1").status_code == 404
             assert t.is_alive()  # the ingest process kept running throughout
     finally:

@@ -4,6 +4,7 @@ slots (api.max_streams) under clients that vanish at every stage, and under a bu
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 import time
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import KEYS, TOKENS, RunningApi, auth, raw_request, start_api
 from tests.api.events_helpers import SseReader, make_event, write_event
-from tests.waiting import wait_for
+from tests.waiting import redis_clock_ticks, wait_for
 
 CAMERAS = ["cam1", "cam2", "cam3", "cam4"]
 
@@ -25,7 +26,7 @@ def test_list_events_when_paged_then_every_entry_once_newest_first(api, redis_cl
     assert len({KEYS.shard_of(c) for c in CAMERAS}) > 1
     for n in range(250):
         write_event(redis_client, KEYS, make_event(n, camera=CAMERAS[n % 4]))
-        time.sleep(0.0015)  # the feed orders by write time (ms), then shard: one event per ms makes the order exact
+        redis_clock_ticks(redis_client)  # the feed orders by write time (ms), then shard: one event per ms makes the order exact
     seen, cursor, pages = [], None, 0
     with api.client("read") as http:
         # when paged with limit=100
@@ -77,7 +78,7 @@ def test_stream_when_connection_dropped_and_resumed_then_no_gap_no_duplicate(api
             sse = SseReader(r)
             for n in range(5):  # one per ms or more: the feed orders by write time, then shard
                 write_event(redis_client, KEYS, make_event(n, camera=CAMERAS[n % 4]))
-                time.sleep(0.002)
+                redis_clock_ticks(redis_client)
             for _ in range(3):
                 m = sse.next_message()
                 received.append(json.loads(m["data"])["event_id"])
@@ -85,7 +86,7 @@ def test_stream_when_connection_dropped_and_resumed_then_no_gap_no_duplicate(api
         # when the connection drops and events keep coming
         for n in range(5, 9):
             write_event(redis_client, KEYS, make_event(n, camera=CAMERAS[n % 4]))
-            time.sleep(0.002)
+            redis_clock_ticks(redis_client)
         # then a reconnect with Last-Event-ID gets exactly the rest
         with http.stream("GET", "/v1/events/stream", headers={"Last-Event-ID": last_id}) as r:
             sse = SseReader(r)
@@ -114,8 +115,7 @@ def test_stream_when_only_new_then_history_is_skipped(api, redis_client):
     with httpx.Client(base_url=api.url, headers=auth("read"), timeout=10) as http:
         with http.stream("GET", "/v1/events/stream") as r:
             sse = SseReader(r)
-            sse.next_comment(": connected")
-            time.sleep(0.2)
+            sse.next_comment(": connected")  # the stream's position is fixed before this line is sent
             write_event(redis_client, KEYS, make_event(2))
             assert json.loads(sse.next_message()["data"])["event_id"] == "e2"
 
@@ -209,7 +209,7 @@ def test_stream_when_clients_vanish_before_or_during_the_stream_then_every_slot_
             read_until(s, b"HTTP/1.1")  # the first bytes, then gone
         elif n % 3 == 2:
             read_until(s, b": connected")  # mid-stream: the server is in its blocking read
-            time.sleep(0.05 * (n % 5))
+            select.select([s], [], [], 0.05 * (n % 5))  # stay connected a while (or until the server writes), then go
         abort(s)  # n % 3 == 0: gone before the first byte
 
     # given 120 clients (15 at a time, over a cap of 8) that connect and are cut off at every stage

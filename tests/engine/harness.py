@@ -17,6 +17,7 @@ from engine.serving.worker import EngineWorker
 from stream.config import CameraSettings, WindowSettings
 from stream.ingest import IngestService
 from stream.keys import Keys
+from tests.waiting import redis_clock_ticks
 
 CAMERA_URL = "synthetic://random?seed=1&fps=10&realtime=0&seconds=20&epoch=1000&w=160&h=120"
 WINDOWS = WindowSettings(sample_fps=2, window_seconds=4, stride_seconds=1, input_size=32, frame_ttl_seconds=600)
@@ -67,4 +68,4 @@ def event(cam: str, n: int, kind: EventType = EventType.NEW, eid: str | None = N
 def write(store: EventStore, events: list[GroundingEvent]) -> None:
     for e in events:  # one transaction each, in the camera's shard: what the engine does
         store._transition(e.camera_id, [], lambda states, e=e: ([], [e]))
-        time.sleep(0.002)  # the feed orders shards by stream-id time (ms): entries 1 ms apart have one order
+        redis_clock_ticks(store.client)  # the feed orders shards by stream-id time (ms): entries 1 ms apart have one order

@@ -15,6 +15,7 @@ from stream.health import CameraHealth, CameraState
 from stream.ingest import IngestService
 from stream.keys import Keys
 from stream.types import Window
+from tests.waiting import redis_contents
 from tests.waiting import wait_until as _wait
 
 KEYS = Keys()
@@ -181,23 +182,6 @@ def _registry_ingest(client, seed, **settings):
     return svc, t
 
 
-def _everything_in(client) -> bytes:
-    """Every key and value in the database, as bytes (strings, hashes, sets, streams)."""
-    out = []
-    for k in client.scan_iter(count=500):
-        kind = client.type(k)
-        out.append(k)
-        if kind == b"string":
-            out.append(client.get(k) or b"")
-        elif kind == b"hash":
-            out += [x for kv in client.hgetall(k).items() for x in kv]
-        elif kind == b"set":
-            out += list(client.smembers(k))
-        elif kind == b"stream":
-            out += [x for _, f in client.xrange(k) for kv in f.items() for x in kv]
-    return b"\n".join(x if isinstance(x, bytes) else str(x).encode() for x in out)
-
-
 def test_ingest_when_a_configured_camera_with_a_password_keeps_failing_then_the_password_is_nowhere(redis_client, caplog):
     # given a configured camera whose password holds '#' and '/', on a port where nothing listens, beside a good one
     closed = socket.socket()
@@ -219,7 +203,7 @@ def test_ingest_when_a_configured_camera_with_a_password_keeps_failing_then_the_
         assert "***" in _health(redis_client, "door").last_error
         for form in (secret, "s3cr%23t%2Fpw"):
             assert form not in caplog.text
-            assert form.encode() not in _everything_in(redis_client)
+            assert form.encode() not in redis_contents(redis_client)
         # and the configured camera is the one that runs (its credentials from the config, not from Redis)
         assert svc._running["door"][0].url == bad.url
     finally:

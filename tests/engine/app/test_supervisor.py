@@ -6,10 +6,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from engine.app.supervisor import Supervisor
+from tests.waiting import still_true, wait_for, wait_until
 
 
 def sleeper_role(control, marker: str) -> None:
@@ -22,25 +22,20 @@ def sleeper_role(control, marker: str) -> None:
 
 
 def _wait_for(path: Path, timeout_s: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return path.read_text()
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never appeared")
+    return wait_for(lambda: path.exists() and path.read_text(), timeout_s, f"{path} to be written", step_s=0.05)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[1].split()[0] == "Z"  # a zombie: ended, not yet reaped
 
 
 def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z":
-            return True  # a zombie: ended, not yet reaped
-        time.sleep(0.05)
-    return False
+    return bool(wait_until(lambda: _ended(pid), timeout_s, step_s=0.05))
 
 
 def test_stop_when_a_role_runs_ends_its_process_with_its_thread_budget_applied(tmp_path):
@@ -93,9 +88,8 @@ def test_start_when_ctrl_c_reaches_the_process_group_leaves_the_roles_to_the_par
         pid = int(_wait_for(tmp_path / "a").split()[0])
         # when the role gets SIGINT (a terminal's Ctrl-C goes to the whole group)
         os.kill(pid, signal.SIGINT)
-        time.sleep(0.5)
         # then it keeps running until the parent stops it, in its own order
-        assert roles.alive("a")
+        assert still_true(lambda: roles.alive("a"), for_s=0.5)
         roles.stop("a", timeout_s=10)
         assert not roles.alive("a")
     finally:
@@ -105,7 +99,6 @@ def test_start_when_ctrl_c_reaches_the_process_group_leaves_the_roles_to_the_par
 def test_watch_when_a_role_is_killed_then_restarted_with_backoff_and_the_board_says_so(tmp_path, redis_client):
     from stream.keys import Keys
     from stream.role import StatusBoard
-    from tests.waiting import wait_for
 
     keys = Keys("sup:")
     board = StatusBoard(redis_client, keys, "up-test")

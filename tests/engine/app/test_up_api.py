@@ -30,7 +30,8 @@ def test_up_when_started_then_api_curl_line_and_redis_cli_line_work(tmp_path):
                             start_new_session=True)
     lines: queue.Queue[str] = queue.Queue()
     out: list[str] = []
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
 
     def wait_line(pattern: str, timeout_s: float = 60.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -77,7 +78,7 @@ def test_up_when_started_then_api_curl_line_and_redis_cli_line_work(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    time.sleep(0.2)
+    reader.join(timeout=10)  # every line the process wrote, read
     while not lines.empty():
         out.append(lines.get())
     text = "".join(out)

@@ -6,7 +6,7 @@ import socket
 import stat
 
 from tests.engine.app.up_process import UpProcess
-from tests.waiting import wait_for
+from tests.waiting import redis_contents, wait_for
 
 SECRET = "Pa#ss/w0rd?x"
 
@@ -17,22 +17,6 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def _dump(client) -> bytes:
-    out = []
-    for k in client.scan_iter(count=500):
-        kind = client.type(k)
-        out.append(k)
-        if kind == b"string":
-            out.append(client.get(k) or b"")
-        elif kind == b"hash":
-            out += [x for kv in client.hgetall(k).items() for x in kv]
-        elif kind == b"set":
-            out += list(client.smembers(k))
-        elif kind == b"stream":
-            out += [x for _, f in client.xrange(k) for kv in f.items() for x in kv]
-    return b"\n".join(x if isinstance(x, bytes) else str(x).encode() for x in out)
 
 
 def test_up_when_a_configured_camera_with_a_password_keeps_failing_then_the_password_is_in_no_answer_log_key_or_file(tmp_path):
@@ -51,7 +35,7 @@ def test_up_when_a_configured_camera_with_a_password_keeps_failing_then_the_pass
             assert "cannot open" in door["health"]["last_error"] and SECRET not in str(door)
             assert SECRET not in http.get("/v1/cameras").text
             # and Redis holds it nowhere (the config's credentials stay in the config)
-            assert SECRET.encode() not in _dump(up.redis())
+            assert SECRET.encode() not in redis_contents(up.redis())
             # and the demo camera beside it runs, and nothing is reported down
             assert wait_for(lambda: http.get("/readyz").status_code == 200, 60, "readiness")
             assert http.get("/readyz").json()["down"] == []

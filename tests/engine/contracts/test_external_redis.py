@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
@@ -14,6 +13,7 @@ from engine.contracts.client import GroundingClient
 from stream.keys import Keys
 from stream.redis_server import connect, free_port
 from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, worker
+from tests.waiting import pings, wait_for
 
 PASSWORD = "s3cret-Pw-4-tls"
 
@@ -34,14 +34,8 @@ def tls_redis(tmp_path):
                              "--tls-auth-clients", "no", "--aclfile", str(acl), "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"rediss://svc:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            connect(url).ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline and proc.poll() is None, "TLS redis-server did not start"
-            time.sleep(0.05)
+    wait_for(lambda: proc.poll() is not None or pings(lambda: connect(url)), 10, "the TLS redis-server to start")
+    assert proc.poll() is None, "the TLS redis-server exited"
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -20,7 +20,7 @@ from stream.keys import Keys
 from stream.redis_server import EmbeddedRedis, connect, free_port
 from stream.types import Window
 from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
-from tests.waiting import wait_until
+from tests.waiting import pending_idle_at_least, wait_until
 
 
 OUTAGE_S = float(os.environ.get("SVL_TEST_OUTAGE_S", "10"))  # the 10 s; SVL_TEST_OUTAGE_S=30 for the longer check
@@ -81,7 +81,7 @@ def test_a_window_that_killed_its_workers_is_dead_lettered_without_processing(re
     w.setup()
     first = w.source.next()[0]
     for _ in range(2):  # two more deliveries by claims (the counter Redis keeps)
-        time.sleep(0.15)
+        pending_idle_at_least(redis_client, keys.windows(first.shard), "engines", 100)  # claimable by then
         again = w.source.next()[0]
         assert again.entry_id == first.entry_id
     assert again.deliveries == 3
@@ -174,9 +174,7 @@ def test_ingest_and_engine_ride_out_redis_killed_and_restarted(system_redis_serv
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 30
-        while len(events_of(client, keys)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: len(events_of(client, keys)) >= 2, 30, step_s=0.2)
         before = events_of(client, keys)
         assert len(before) >= 2, "no events before the outage"
         # when Redis is SIGKILLed, stays away 10 s, and comes back on the same port and directory
@@ -187,9 +185,7 @@ def test_ingest_and_engine_ride_out_redis_killed_and_restarted(system_redis_serv
         server = EmbeddedRedis.start(data, port=port, prefer_system=True, appendonly=True)
         processed_at_return = w.stats.processed
         windows_at_return = read_health(client, keys, "cam1").windows if read_health(client, keys, "cam1") else 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and w.stats.processed < processed_at_return + 3:
-            time.sleep(0.2)
+        wait_until(lambda: w.stats.processed >= processed_at_return + 3, 30, step_s=0.2)
         # then both resume by themselves: new windows are produced and processed
         assert w.stats.processed >= processed_at_return + 3, "the engine did not resume"
         health = read_health(client, keys, "cam1")

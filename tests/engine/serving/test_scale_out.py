@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -17,6 +16,7 @@ from stream.keys import Keys
 from stream.redis_server import connect
 from stream.types import Window
 from tests.engine.harness import ALWAYS, add_queries, events_of, pending
+from tests import waiting
 
 CAMERAS = [CameraSettings(id=f"cam{i}", url=f"synthetic://random?seed={i}&fps=10&realtime=0&seconds=10&epoch=1000&w=160&h=120")
            for i in range(6)]
@@ -38,10 +38,8 @@ def _setup(url: str, cluster: bool, prefix: str, wait_for: tuple[str, ...] = ())
     client = connect(url, cluster=cluster)
     keys = Keys(prefix)
     add_queries(client, keys, ALWAYS)
-    deadline = time.monotonic() + 120
-    while not all(client.exists(keys.heartbeat("engine", w)) for w in wait_for):
-        assert time.monotonic() < deadline, "the workers did not start"
-        time.sleep(0.05)
+    waiting.wait_for(lambda: all(client.exists(keys.heartbeat("engine", w)) for w in wait_for), 120,
+                     "the workers to start", step_s=0.05)
     IngestService(client, keys, CAMERAS, WINDOWS).run(install_signals=False)
     total = sum(client.xlen(keys.windows(s)) for s in keys.all_shards())
     assert total >= 6 * 6
@@ -84,10 +82,7 @@ def test_a_killed_worker_leaves_its_windows_to_the_other(target, tmp_path, tiny_
     client, keys, total = _setup(url, cluster, "kill:")
     victim = _engine(tmp_path, url, cluster, "kill:", tiny_model_dir, "victim", idle_s=60)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not events_of(client, keys):
-            time.sleep(0.1)
-        assert events_of(client, keys), "the victim processed nothing"
+        waiting.wait_for(lambda: events_of(client, keys), 90, "the victim to process something", step_s=0.1)
         # when it is SIGKILLed mid-run
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from tests.engine.harness import ALWAYS, add_queries, events_of, ingest, pending, worker
+from tests.waiting import pending_idle_at_least
 
 import os
 import signal
@@ -78,8 +79,6 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
                 held = pending(redis_client, keys) == 1
                 if not held:
                     os.kill(proc.pid, signal.SIGCONT)
-            if not held:
-                time.sleep(0.002)
         assert held, "the worker never held a window"
         # when it is SIGKILLed while holding it
         os.kill(proc.pid, signal.SIGKILL)
@@ -88,7 +87,9 @@ def test_a_worker_killed_while_holding_a_window_loses_nothing(redis_client, redi
         if proc.poll() is None:
             proc.kill()
     assert pending(redis_client, keys) >= 1
-    time.sleep(0.3)
+    for s in keys.all_shards():  # claimable by the second worker (claim_idle_ms 200)
+        if redis_client.exists(keys.windows(s)):
+            pending_idle_at_least(redis_client, keys.windows(s), "engines", 200)
     # then a second worker claims the window and finishes the stream
     worker(redis_client, keys, tiny_model_dir, claim_idle_ms=200).run(idle_exit_s=1.0)
     assert pending(redis_client, keys) == 0
