@@ -272,6 +272,7 @@ class WebhookDispatcher:
             return True
         self._holding = bool(self.client.set(key, self.owner, nx=True, px=LOCK_TTL_MS))
         if self._holding:
+            self.follower.reload()  # another dispatcher may have moved the cursor while this one did not deliver
             log.info("webhook dispatcher %s delivering", self.owner[:8])
         return self._holding
 

@@ -159,8 +159,9 @@ class CameraWorker(threading.Thread):
     def _reconnect_after(self, error: str, attempt: int) -> None:
         if self.stop_event.is_set():
             return
-        repeated = redact_text(error, self.settings.url) == self.health.last_error
+        before = self.health.last_error
         self._set(CameraState.RECONNECTING, last_error=error, reconnects=self.health.reconnects + 1)
+        repeated = self.health.last_error == before  # compared as stored: both redacted by `_set`
         delay = backoff_delay(attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s, self._rng)
         # the same error again is logged at most once a minute (a camera that is down for hours says so, not 600 times)
         if not repeated or time.monotonic() - self._said_at >= 60.0:

@@ -12,6 +12,8 @@ import random
 import time
 from collections.abc import Callable, Mapping
 
+import redis
+
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +49,7 @@ class RedisLink:
             self.down_since = self.now()
             self.outages += 1
             self.attempt = 0
-            what = "refused a command" if type(exc).__name__ == "ResponseError" else "unavailable"
+            what = "refused a command" if isinstance(exc, redis.ResponseError) else "unavailable"
             log.warning("%s: %s %s (%s: %s); retrying with backoff", self.who, self.service, what, type(exc).__name__, exc)
         delay = backoff_delay(self.attempt, self.initial_s, self.max_s, self.rng)
         self.attempt += 1

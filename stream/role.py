@@ -111,6 +111,9 @@ class Isolated:
     def total(self) -> int:
         return sum(self.failures.values())
 
+    def count(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
 
 def isolate(what: str, kind: str, fn: Callable[[], T], counted: Isolated | None = None) -> T | None:
     """Run one item's work. Redis errors propagate (an outage is the loop's business, not the item's); any other
@@ -122,7 +125,7 @@ def isolate(what: str, kind: str, fn: Callable[[], T], counted: Isolated | None 
         raise
     except Exception as exc:  # one bad item never ends the role
         if counted is not None:
-            counted.failures[kind] = counted.failures.get(kind, 0) + 1
+            counted.count(kind)
         log.error("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return None
 
@@ -148,7 +151,7 @@ class RoleLoop:
         try:
             while not self.stop.is_set():
                 try:
-                    if self.heartbeat is not None:
+                    if self.heartbeat is not None and self.heartbeat.due():  # stats only when a beat is written
                         self.heartbeat.beat(stats())
                     did = step()
                     self.link.ok()
@@ -259,12 +262,29 @@ def restart_delay(restarts: int, initial_s: float = 1.0, max_s: float = 30.0) ->
     return min(max_s, initial_s * 2 ** min(restarts, 10))
 
 
+class Restarts:
+    """One role's restart record, for whatever supervises it (a process or a thread): how many times it was
+    restarted, and the delay before the next start: `restart_delay` over its deaths in a row, where a run of
+    `STABLE_S` or more starts the count again from the shortest delay."""
+
+    STABLE_S = 60.0
+
+    def __init__(self, initial_s: float = 1.0, max_s: float = 30.0) -> None:
+        self.initial_s, self.max_s = initial_s, max_s
+        self.count = 0
+        self.streak = 0  # deaths in a row, each within STABLE_S of its start
+
+    def died(self, ran_s: float) -> float:
+        """Record a death after `ran_s` seconds of running; returns the delay before starting it again."""
+        self.streak = self.streak + 1 if ran_s < self.STABLE_S else 1
+        self.count += 1
+        return restart_delay(self.streak - 1, self.initial_s, self.max_s)
+
+
 class Keeper:
     """Runs a role in a thread and keeps it running: when its `run()` raises, or returns while not asked to stop,
     the error is logged, the role is recorded `restarting` on the board, and it is started again after a capped
     backoff (`restart_delay`). A role that ran a while before dying starts again from the shortest delay."""
-
-    STABLE_S = 60.0
 
     def __init__(self, name: str, run: Callable[[], None], stop: threading.Event, board: StatusBoard | None = None,
                  initial_s: float = 1.0, max_s: float = 30.0) -> None:
@@ -272,8 +292,7 @@ class Keeper:
         self.run = run
         self.stop = stop
         self.board = board
-        self.initial_s, self.max_s = initial_s, max_s
-        self.restarts = 0
+        self.restarts = Restarts(initial_s, max_s)
         self.last_error = ""
         self.thread = threading.Thread(target=self._keep, name=f"{name}-keeper", daemon=True)
 
@@ -285,10 +304,9 @@ class Keeper:
         self.thread.join(timeout)
 
     def _keep(self) -> None:
-        streak = 0  # restarts in a row without a stable run
         while not self.stop.is_set():
             if self.board is not None:
-                self.board.set(self.name, "running", self.last_error, self.restarts)
+                self.board.set(self.name, "running", self.last_error, self.restarts.count)
             started = time.monotonic()
             try:
                 self.run()
@@ -297,13 +315,11 @@ class Keeper:
                 self.last_error = "it stopped by itself"
             except Exception as exc:  # whatever ended the role, the keeper outlives it
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            streak = 0 if time.monotonic() - started >= self.STABLE_S else streak + 1
-            self.restarts += 1
-            delay = restart_delay(streak - 1, self.initial_s, self.max_s)
+            delay = self.restarts.died(time.monotonic() - started)
             log.error("%s stopped unexpectedly (%s); restarting in %.0f s (restart %d)", self.name, self.last_error,
-                      delay, self.restarts, exc_info=log.isEnabledFor(logging.DEBUG))
+                      delay, self.restarts.count, exc_info=log.isEnabledFor(logging.DEBUG))
             if self.board is not None:
-                self.board.set(self.name, "restarting", self.last_error, self.restarts)
+                self.board.set(self.name, "restarting", self.last_error, self.restarts.count)
             self.stop.wait(delay)
         if self.board is not None:
             self.board.clear(self.name)

@@ -25,9 +25,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from stream.role import StatusBoard, restart_delay
+from stream.role import Restarts, StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ class _Role:
     finish: object = None  # setting one never blocks on a child that died while waiting on it
     started_at: float = 0.0  # monotonic
     stopping: bool = False  # asked to stop or finish: its end is not a crash
-    restarts: int = 0
-    streak: int = 0  # deaths in a row, each within STABLE_S of its start
+    restarts: Restarts = field(default_factory=Restarts)
     restart_at: float | None = None  # monotonic; set while it waits to be started again
     error: str = ""
 
@@ -98,8 +97,6 @@ class Supervisor:
     """Start roles, tell them to finish or stop, restart one that dies on its own (`watch`, with capped backoff,
     recorded on the status board), and make sure none outlives `close()`."""
 
-    STABLE_S = 60.0  # a role that ran this long before dying restarts from the shortest delay
-
     def __init__(self, board: StatusBoard | None = None, initial_s: float = 1.0, max_s: float = 30.0) -> None:
         self.ctx = mp.get_context("spawn")  # a clean interpreter: no inherited threads, locks or torch state
         self.roles: dict[str, _Role] = {}
@@ -107,7 +104,7 @@ class Supervisor:
         self.initial_s, self.max_s = initial_s, max_s
 
     def start(self, name: str, target: Callable, args: tuple = (), threads: int = 0) -> None:
-        role = self.roles[name] = _Role(name, target, args, threads)
+        role = self.roles[name] = _Role(name, target, args, threads, restarts=Restarts(self.initial_s, self.max_s))
         self._spawn(role)
         if self.board is not None:
             self.board.set(name, "running")
@@ -144,21 +141,19 @@ class Supervisor:
             if role.stopping or role.process is None or role.process.is_alive():
                 continue
             if role.restart_at is None:
-                role.streak = role.streak + 1 if now - role.started_at < self.STABLE_S else 1
-                role.restarts += 1
+                delay = role.restarts.died(now - role.started_at)
                 role.error = describe_exit(role.process.exitcode)
-                delay = restart_delay(role.streak - 1, self.initial_s, self.max_s)
                 role.restart_at = now + delay
                 log.error("%s stopped unexpectedly (%s); restarting in %.0f s (restart %d)", role.name, role.error, delay,
-                          role.restarts)
+                          role.restarts.count)
                 if self.board is not None:
-                    self.board.set(role.name, "restarting", role.error, role.restarts)
+                    self.board.set(role.name, "restarting", role.error, role.restarts.count)
                 died.append(role.name)
             elif now >= role.restart_at:
                 role.restart_at = None
                 self._spawn(role)
                 if self.board is not None:
-                    self.board.set(role.name, "running", role.error, role.restarts)
+                    self.board.set(role.name, "running", role.error, role.restarts.count)
         return died
 
     def alive(self, name: str) -> bool:
@@ -166,7 +161,7 @@ class Supervisor:
         return role is not None and role.process is not None and role.process.is_alive()
 
     def restarts(self, name: str) -> int:
-        return self.roles[name].restarts
+        return self.roles[name].restarts.count
 
     def exitcode(self, name: str) -> int | None:
         return self.roles[name].process.exitcode

@@ -280,11 +280,12 @@ class EventFeed:
 class FeedFollower:
     """One way for a role to follow the feed (media, webhooks, SSE, any new publisher).
 
-    With `cursor_key`, the position lives in Redis: read() starts from the stored cursor (so a restarted or
-    taken-over follower resumes exactly), and `commit()` stores the position after the work on an entry (or a
-    batch) is done: at least once, nothing skipped. Without a key (SSE: the client keeps its position as the
-    `Last-Event-ID`), the position is this object's. `start` gives the first position when none is stored
-    (`store_start`: keep it, so a follower that starts "from now" does not drift while idle)."""
+    With `cursor_key`, the position lives in Redis: it is read from there once (so a restarted follower resumes
+    exactly; `reload()` reads it again, for a follower another may have moved on meanwhile, e.g. when the webhook
+    lock changes hands), and `commit()` stores it after the work on an entry (or a batch) is done: at least once,
+    nothing skipped. Without a key (SSE: the client keeps its position as the `Last-Event-ID`), the position is this
+    object's. `start_at` gives the first position when none is stored (`store_start`: keep it, so a follower that
+    starts "from now" does not drift while idle)."""
 
     def __init__(self, feed: EventFeed, cursor_key: str | None = None, start: Cursor | None = None,
                  start_at: Callable[[EventFeed], Cursor] | None = None, store_start: bool = False,
@@ -297,16 +298,26 @@ class FeedFollower:
         self.count = count
         self.cursor: Cursor | None = start
         self.read_to: Cursor | None = None
+        self._loaded = cursor_key is None  # a stored position is read on first use
+
+    def reload(self) -> None:
+        """Read the stored position again before the next read."""
+        self._loaded = self.cursor_key is None
+
+    def _stored(self) -> Cursor | None:
+        raw = self.feed.client.get(self.cursor_key)
+        if raw:
+            try:
+                return Cursor.decode(text(raw), self.feed.keys.shards)
+            except CursorError as exc:
+                log.warning("stored feed cursor %s ignored: %s", self.cursor_key, exc)
+        return None
 
     def position(self) -> Cursor:
-        """Where the next read starts: the stored cursor (when kept in Redis), else this follower's own."""
-        if self.cursor_key is not None:
-            raw = self.feed.client.get(self.cursor_key)
-            if raw:
-                try:
-                    return Cursor.decode(text(raw), self.feed.keys.shards)
-                except CursorError as exc:
-                    log.warning("stored feed cursor %s ignored: %s", self.cursor_key, exc)
+        """Where the next read starts: the stored cursor (when kept in Redis, read once), else this follower's own."""
+        if not self._loaded:
+            self.cursor = self._stored() or self.cursor
+            self._loaded = True
         if self.cursor is None:
             self.cursor = self.start_at(self.feed)
             if self.cursor_key is not None and self.store_start:
@@ -321,7 +332,7 @@ class FeedFollower:
     def commit(self, entry: FeedEntry | None = None) -> None:
         """Done up to `entry` (default: everything the last read covered, filtered-out entries included)."""
         cursor = Cursor.decode(entry.cursor, self.feed.keys.shards) if entry is not None else self.read_to
-        if cursor is None:
+        if cursor is None or cursor == self.cursor:  # nothing moved (an idle read): nothing to store
             return
         self.cursor = cursor
         if self.cursor_key is not None:

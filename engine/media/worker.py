@@ -135,7 +135,7 @@ class MediaWorker:
                 except redis.RedisError:
                     raise
                 except Exception as exc:  # recorded in the status; not retried forever
-                    self.failed.failures["clip"] = self.failed.failures.get("clip", 0) + 1
+                    self.failed.count("clip")
                     log.error("event %s (camera %s): clip failed: %s: %s", event_id, e.camera_id, type(exc).__name__, exc)
                     st["clip"] = {"state": "failed", "reason": f"{type(exc).__name__}: {exc}"}
                 st.pop("end_event", None)

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import redis
 
@@ -148,7 +148,7 @@ class EngineWorker:
 
     def heartbeat_stats(self) -> dict:
         st = self.stats
-        counts = {k: v for k, v in asdict(st).items() if k != "latency"}
+        counts = {f.name: getattr(st, f.name) for f in fields(st) if f.name != "latency"}
         return {**counts, "latency_buckets": st.latency.counts, "latency_sum_s": round(st.latency.total_s, 3),
                 "latency_max_30s": round(st.latency.recent_max(time.monotonic()), 3)}
 
