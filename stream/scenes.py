@@ -112,15 +112,20 @@ def _background(scene: Scene) -> np.ndarray:
 _BG_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def render_frame(scene: Scene, t: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of the scene at time t."""
-    key = (scene.width, scene.height, scene.background, scene.bg_seed, scene.bg_colour, scene.bg_colour2)
-    bg = _BG_CACHE.get(key)
-    if bg is None:
-        if len(_BG_CACHE) > 8:
-            _BG_CACHE.clear()
-        bg = _BG_CACHE[key] = _background(scene)
-    img = bg.copy()
+def render_frame(scene: Scene, t: float, rng: np.random.Generator | None = None,
+                 background: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of the scene at time t; `background` (H, W, 3 float32), when given, replaces the
+    scene's own (training and evaluation draw over real footage with it)."""
+    if background is not None:
+        img = np.array(background, dtype=np.float32, copy=True)
+    else:
+        key = (scene.width, scene.height, scene.background, scene.bg_seed, scene.bg_colour, scene.bg_colour2)
+        bg = _BG_CACHE.get(key)
+        if bg is None:
+            if len(_BG_CACHE) > 8:
+                _BG_CACHE.clear()
+            bg = _BG_CACHE[key] = _background(scene)
+        img = bg.copy()
     for obj in scene.objects:
         box = box_at(obj, t, scene.width, scene.height)
         if box is None:
@@ -191,15 +196,16 @@ def unambiguous_caption(target: SceneObject, others: tuple[SceneObject, ...], rn
 
 
 def random_scene(rng: np.random.Generator, duration_s: float, resolution_wh: tuple[int, int] | None = None,
-                 n_objects: int | None = None, min_span_s: float = 1.0) -> Scene:
-    """A random scene of spec v1: 1-4 objects, each present during one contiguous span."""
+                 n_objects: int | None = None, min_span_s: float = 1.0, look_alike_rate: float = 0.35) -> Scene:
+    """A random scene of spec v1: 1-4 objects, each present during one contiguous span. Each object after the first
+    shares colour and shape with an earlier one with probability `look_alike_rate` (hard distractors)."""
     w, h = resolution_wh or RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
     n = int(n_objects or rng.integers(1, 5))
     side_ref = min(w, h)
     objects = []
     # distractors often share colour and shape with an earlier object (forces size or motion words)
     for i in range(n):
-        if i > 0 and rng.random() < 0.35:
+        if i > 0 and rng.random() < look_alike_rate:
             base = objects[int(rng.integers(len(objects)))]
             colour, shape = base.colour, base.shape
         else:

@@ -80,6 +80,8 @@ class LossConfig:
     heatmap: float = 1.0  # auxiliary: which visual token holds the target's centre
     answer_presence: float = 0.0  # auxiliary: the answer position's state tells which frames hold the target
     first_answer_token: float = 0.0  # extra weight on the first answer token (`none` or `from`)
+    time_tokens: float = 0.0  # extra weight on the answer's time tokens (the span's start and end)
+    box_motion: float = 0.0  # L1 between the predicted and true box change from one span frame to the next
     time_sigma_s: float = 0.3  # soft targets over neighbouring time tokens (seconds)
 
 

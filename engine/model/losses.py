@@ -1,6 +1,8 @@
 """Training criterion: LM cross-entropy on the answer (soft targets over neighbouring time
 tokens), L1 + GIoU on frames inside the ground-truth span (teacher-forced), plus the
-auxiliary per-frame presence and target-cell heatmap losses."""
+auxiliary per-frame presence and target-cell heatmap losses; optionally a box-motion term (the
+box's change between consecutive span frames against the truth's: a box that jumps to another object for one
+frame pays twice) and extra weight on the answer's time tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ class LossTerms:
     presence: torch.Tensor
     heatmap: torch.Tensor
     answer_presence: torch.Tensor
+    box_motion: torch.Tensor
 
-    NAMES = ("total", "lm", "l1", "giou", "presence", "heatmap", "answer_presence")
+    NAMES = ("total", "lm", "l1", "giou", "presence", "heatmap", "answer_presence", "box_motion")
 
     def as_tensor(self) -> torch.Tensor:
         """(len(NAMES),) the terms, detached, where they were computed (no host sync)."""
@@ -71,7 +74,7 @@ class SpaceVLLMCriterion(nn.Module):
         rows = torch.nonzero(labels[:, 1:] != -100)[:, 0]  # (K,) sample of each answer token, in order
         first = torch.ones_like(rows, dtype=torch.bool)
         first[1:] = rows[1:] != rows[:-1]
-        weight = 1.0 + self.cfg.first_answer_token * first.to(per_token.dtype)
+        weight = 1.0 + self.cfg.first_answer_token * first.to(per_token.dtype) + self.cfg.time_tokens * is_time.to(per_token.dtype)
         lm = (weight * per_token).sum() / weight.sum()
 
         pred = decoder.boxes_cxcywh  # (B, F, 4)
@@ -88,6 +91,12 @@ class SpaceVLLMCriterion(nn.Module):
         else:
             zero = pred.sum() * 0
             l1 = giou = heat = zero
+        pairs = m[:, 1:] & m[:, :-1]  # consecutive frames that both carry a box
+        if self.cfg.box_motion and pairs.any():
+            motion = ((pred[:, 1:] - pred[:, :-1]) - (gt_boxes_cxcywh[:, 1:] - gt_boxes_cxcywh[:, :-1]))[pairs]
+            box_motion = motion.abs().sum(-1).mean()
+        else:
+            box_motion = pred.sum() * 0
         in_frame = presence_target.to(pred.dtype)
         presence = F.binary_cross_entropy_with_logits(decoder.presence_logits, in_frame)
         if answer_presence_logits is not None:
@@ -96,5 +105,5 @@ class SpaceVLLMCriterion(nn.Module):
             answer_presence = presence * 0
         c = self.cfg
         total = (c.lm * lm + c.l1 * l1 + c.giou * giou + c.presence * presence + c.heatmap * heat
-                 + c.answer_presence * answer_presence)
-        return LossTerms(total, lm, l1, giou, presence, heat, answer_presence)
+                 + c.answer_presence * answer_presence + c.box_motion * box_motion)
+        return LossTerms(total, lm, l1, giou, presence, heat, answer_presence, box_motion)

@@ -9,7 +9,8 @@ and the swap another (`swap_pairs`). through one shared window prefix
 (the engine's path). Per attribute it reports how many swaps are rejected at the threshold (score below it) and
 how many rank below their true caption (ties count half), beside a trivial baseline that gives every caption
 the same score (rejects none, ranks at chance). `--style-shift` renders the clips through a camera style the
-training data never shows (`engine.training.data.style_shift`).
+training data never shows (`engine.training.data.style_shift`); `--real-background` draws the same scenes over real
+footage from time ranges training never uses (`engine.training.data.real_background`).
 
 Frames: the model's uniformly sampled frames of an 8 s clip, rendered at the clip's resolution and taken
 through H.264 (CRF 20-31, or the style's) as a camera would deliver them.
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.training.data.formats import draw_clip
+from engine.training.data.real_background import RealBackground
 from engine.training.data.style_shift import StyleShift
 from engine.training.data.synthetic import h264_roundtrip, parse_caption, swap_attribute
 from engine.training.evaluate import sample_indices, window_prefix
@@ -56,10 +58,11 @@ def swap_pairs(scene, target, caption: str, rng: np.random.Generator, tries: int
     return out
 
 
-def clip_frames(spec, count: int, rng: np.random.Generator, style: StyleShift | None) -> tuple[list[np.ndarray], list[float]]:
+def clip_frames(spec, count: int, rng: np.random.Generator, style: StyleShift | None,
+                backdrop: RealBackground | None = None) -> tuple[list[np.ndarray], list[float]]:
     idx = sample_indices(spec.n_frames, count)
     ts = [i / spec.fps for i in idx]
-    frames = [render_frame(spec.scene, t, rng) for t in ts]
+    frames = [render_frame(spec.scene, t, rng, None if backdrop is None else backdrop.frame_at(t)) for t in ts]
     if style is not None:
         frames = [style.apply(f, rng) for f in frames]
     crf = style.crf if style is not None else int(rng.integers(20, 32))
@@ -72,7 +75,7 @@ def rank_below(true_score: float, swap_score: float) -> float:
 
 
 def run_swaps(model_dir: str | Path, n: int, seed: int, out: str | Path, threshold: float | None = None,
-              style_shift: bool = False, progress: bool = True) -> dict:
+              style_shift: bool = False, progress: bool = True, real_background: bool = False) -> dict:
     from engine.model.checkpoint import load_model
 
     model = load_model(model_dir)
@@ -85,7 +88,9 @@ def run_swaps(model_dir: str | Path, n: int, seed: int, out: str | Path, thresho
         spec = draw_clip(rng, 8.0, negative_rate=0.0)
         pairs = swap_pairs(spec.scene, spec.target, spec.caption, rng)
         style = StyleShift.draw(np.random.default_rng([seed, SEED_STREAM, i, 1])) if style_shift else None
-        frames, ts = clip_frames(spec, model.config.max_frames, rng, style)
+        backdrop = (RealBackground.draw(np.random.default_rng([seed, SEED_STREAM, i, 2]), (spec.scene.width, spec.scene.height),
+                                        "held_out", 8.0) if real_background else None)
+        frames, ts = clip_frames(spec, model.config.max_frames, rng, style, backdrop)
         captions = list(dict.fromkeys([spec.caption, *(c for pair in pairs.values() for c in pair)]))
         score = dict(zip(captions, (g.score for g in model.ground(window_prefix(model, frames, ts), captions))))
         true_scores.append(score[spec.caption])
@@ -94,7 +99,7 @@ def run_swaps(model_dir: str | Path, n: int, seed: int, out: str | Path, thresho
             if len(examples) < 40:
                 examples.append({"attribute": attribute, "true": reference, "swap": swapped,
                                  "true_score": round(score[reference], 4), "swap_score": round(score[swapped], 4)})
-    result = {"n_clips": n, "seed": seed, "style_shift": style_shift, "threshold": threshold,
+    result = {"n_clips": n, "seed": seed, "style_shift": style_shift, "real_background": real_background, "threshold": threshold,
               "true_matched_at_threshold": float(np.mean([s >= threshold for s in true_scores])) if true_scores else 0.0}
     for attribute, pairs in rows.items():
         result[attribute] = {

@@ -46,7 +46,7 @@ from engine.model.tokenizer import train_tokenizer
 from engine.training.data.collate import Batch
 from engine.training.data.mixture import MixtureSteps, RecordError, load_mixture
 from engine.training.data.steps import BadRecord, Collator, Shard, step_loader
-from engine.training.data.synthetic import make_pair, make_sample
+from engine.training.data.synthetic import SceneMix, make_pair, make_sample
 from engine.training.distributed import ProcessGroup, barrier, init_process_group, mean_over_ranks, teardown
 from engine.training.metrics import match_summary, stvg_summary, t_iou, v_iou
 
@@ -78,6 +78,8 @@ class TrainSettings:
     rec_batch_size: int = 64  # single images are ~16x cheaper than clips: bigger batches teach the visual words fast
     negative_rate: float = 0.3
     pair_rate: float = 0.0  # share of each batch made of contrastive pairs (`make_pair`)
+    real_background_rate: float = 0.0  # share of clips drawn over real footage (`SceneMix`)
+    look_alike_rate: float = 0.35  # distractors sharing colour and shape with another object (`SceneMix`)
     checkpoint_every: int = 250
     eval_samples: int = 64
     calibration_samples: int = 300
@@ -107,15 +109,16 @@ def batch_samples(settings: TrainSettings, index: int, size: int, image_size: in
     pairs = int(round(size * settings.pair_rate / 2))
     seeds = [int(x) for x in rng.integers(0, EVAL_SEED_OFFSET, size - pairs)]
     start, stop = shard.bounds(size, micro)
+    mix = SceneMix(settings.real_background_rate, settings.look_alike_rate)
     out, made = [], {}
     for pos in range(start, stop):  # positions 0 .. 2*pairs-1 are the pairs' members, then one sample per seed
         if pos < 2 * pairs:
             if pos // 2 not in made:
-                made[pos // 2] = make_pair(seeds[pos // 2], task, frames=settings.frames, size=image_size)
+                made[pos // 2] = make_pair(seeds[pos // 2], task, frames=settings.frames, size=image_size, mix=mix)
             out.append(made[pos // 2][pos % 2])
         else:
             out.append(make_sample(seeds[pos - pairs], task, frames=settings.frames, size=image_size,
-                                   negative_rate=settings.negative_rate))
+                                   negative_rate=settings.negative_rate, mix=mix))
     return out
 
 
@@ -272,6 +275,7 @@ def train(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resume: b
 def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, resuming: bool, init_from: Path | None) -> SpaceVLLM:
     """The model to train, on the CPU: resumed from `out`, fine-tuned from `init_from`, or new."""
     source = out if resuming else init_from
+    requested = config
     if source is not None:
         config = load_config(source / "config.json")
     if config.base_checkpoint:
@@ -284,9 +288,11 @@ def build_model(config: SpaceVLLMConfig, out: Path, settings: TrainSettings, res
     if resuming:
         log.info("resuming from %s", out)
         return load_model(out, allow_missing=("motion.",))
-    if init_from is not None:
+    if init_from is not None:  # its architecture and inference settings, the --config file's loss weights
         log.info("fine-tuning %s", init_from)
-        return load_model(init_from)
+        model = load_model(init_from)
+        model.config = dataclasses.replace(model.config, loss=requested.loss)
+        return model
     return build_spacevllm(config, train_tokenizer(config.max_time_s))
 
 

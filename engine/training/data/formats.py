@@ -155,14 +155,18 @@ def draw_clip(rng, seconds: float, negative_rate: float, fps_choices=(10, 12, 15
 
 
 def write_hcstvg_clips(out: str | Path, n: int, seed: int = 0, seconds: float = 8.0, negative_rate: float = 0.2,
-                       fps_choices=(10, 12, 15), progress=lambda i: None, style_shift: bool = False) -> Path:
+                       fps_choices=(10, 12, 15), progress=lambda i: None, style_shift: bool = False,
+                       real_background: bool = False) -> Path:
     """Render `n` held-out clips (real H.264 MP4s, varied resolution and background) plus `anno.json`.
 
     `style_shift`: the same scenes and captions as without it (its draws come from a separate generator), through
-    a camera style the training data never shows (`engine.training.data.style_shift`)."""
+    a camera style the training data never shows (`engine.training.data.style_shift`). `real_background`: the same
+    scenes and captions drawn over real footage from time ranges training never uses
+    (`engine.training.data.real_background`, split "held_out")."""
     import av
     import numpy as np
 
+    from engine.training.data.real_background import RealBackground
     from engine.training.data.style_shift import StyleShift
     from stream.scenes import box_at, render_frame
 
@@ -176,6 +180,8 @@ def write_hcstvg_clips(out: str | Path, n: int, seed: int = 0, seconds: float = 
         w, h = scene.width, scene.height
         style_rng = np.random.default_rng([seed, 7919, i, 1])
         style = StyleShift.draw(style_rng) if style_shift else None
+        backdrop = (RealBackground.draw(np.random.default_rng([seed, 7919, i, 2]), (w, h), "held_out", seconds)
+                    if real_background else None)
         vid = f"syn{seed:03d}_{i:05d}"
         with av.open(str(out / "videos" / f"{vid}.mp4"), "w") as c:
             st = c.add_stream("libx264", rate=fps)
@@ -183,7 +189,7 @@ def write_hcstvg_clips(out: str | Path, n: int, seed: int = 0, seconds: float = 
             crf = int(rng.integers(20, 32))
             st.options = {"crf": str(style.crf if style else crf), "preset": "ultrafast"}
             for k in range(n_frames):
-                frame = render_frame(scene, k / fps, rng)
+                frame = render_frame(scene, k / fps, rng, None if backdrop is None else backdrop.frame_at(k / fps))
                 if style is not None:
                     frame = style.apply(frame, style_rng)
                 for pkt in st.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

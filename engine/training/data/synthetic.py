@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from engine.training.data.real_background import RealBackground
 from stream.imagecodec import resize
 from stream.scenes import COLOURS, DIRECTIONS, RESOLUTIONS_WH, SHAPES, SIZES, Scene, box_at, describe, make_caption, matches, random_scene, render_frame, unambiguous_caption
 
@@ -74,8 +75,9 @@ def negative_caption(scene: Scene, rng: np.random.Generator) -> str:
     raise RuntimeError("could not find a negative caption")
 
 
-def render_clip(scene: Scene, timestamps_s, size: int, compress: bool, rng: np.random.Generator) -> np.ndarray:
-    frames = [render_frame(scene, t, rng) for t in timestamps_s]
+def render_clip(scene: Scene, timestamps_s, size: int, compress: bool, rng: np.random.Generator,
+                background: RealBackground | None = None) -> np.ndarray:
+    frames = [render_frame(scene, t, rng, None if background is None else background.frame_at(t)) for t in timestamps_s]
     if compress:
         fps = max(1, round(len(timestamps_s) / max(scene.duration_s, 1e-3)))
         frames = h264_roundtrip(frames, fps, int(rng.integers(18, 36)))
@@ -139,30 +141,42 @@ def near_miss_caption(scene: Scene, text: str, rng: np.random.Generator, with_mo
     return swap_attribute(scene, text, which, rng, with_motion)
 
 
+@dataclass(frozen=True)
+class SceneMix:
+    """How scenes are drawn beyond spec v1's defaults (the defaults reproduce the earlier sample stream exactly).
+
+    `real_background_rate`: share of clips drawn over real footage (training time ranges only,
+    `real_background.py`); `look_alike_rate`: chance that a later object shares colour and shape with an earlier
+    one (a distractor only size or motion tells apart; spec v1: 0.35)."""
+
+    real_background_rate: float = 0.0
+    look_alike_rate: float = 0.35
+
+
 def make_sample(seed: int, task: str, frames: int = 16, size: int = 64, negative_rate: float = 0.2,
-                max_render_pixels: int = 192 * 144, compress_rate: float = 0.35) -> Sample:
+                max_render_pixels: int = 192 * 144, compress_rate: float = 0.35, mix: SceneMix = SceneMix()) -> Sample:
     """One deterministic sample. Clips of 4-12 s (REC: one image), varied resolution, background, speed."""
-    return _make(seed, task, frames, size, negative_rate, max_render_pixels, compress_rate, contrast=False)[0]
+    return _make(seed, task, frames, size, negative_rate, max_render_pixels, compress_rate, contrast=False, mix=mix)[0]
 
 
 def make_pair(seed: int, task: str, frames: int = 16, size: int = 64, max_render_pixels: int = 192 * 144,
-              compress_rate: float = 0.35) -> tuple[Sample, Sample]:
+              compress_rate: float = 0.35, mix: SceneMix = SceneMix()) -> tuple[Sample, Sample]:
     """A contrastive pair on the same pixels: a positive, and a negative whose caption is the positive's
     with one attribute changed (`near_miss_caption`). Only the words tell them apart, so the pair teaches
     the answer (`none` or a span) and the decoder's presence to read every attribute."""
-    pos, neg = _make(seed, task, frames, size, 0.0, max_render_pixels, compress_rate, contrast=True)
+    pos, neg = _make(seed, task, frames, size, 0.0, max_render_pixels, compress_rate, contrast=True, mix=mix)
     return pos, neg
 
 
 def _make(seed: int, task: str, frames: int, size: int, negative_rate: float, max_render_pixels: int,
-          compress_rate: float, contrast: bool) -> list[Sample]:
+          compress_rate: float, contrast: bool, mix: SceneMix = SceneMix()) -> list[Sample]:
     rng = np.random.default_rng(seed)
     duration = float(np.round(rng.uniform(4.0, 12.0), 1)) if task != "rec" else 1.0
     w, h = RESOLUTIONS_WH[int(rng.integers(len(RESOLUTIONS_WH)))]
     scale = min(1.0, (max_render_pixels / (w * h)) ** 0.5)  # render big frames smaller: they are resized to `size` anyway
     wh = (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2)
     for _ in range(50):
-        scene = random_scene(rng, duration, wh)
+        scene = random_scene(rng, duration, wh, look_alike_rate=mix.look_alike_rate)
         negative = rng.random() < negative_rate
         if task == "rec":
             timestamps = (0.0,)
@@ -192,7 +206,10 @@ def _make(seed: int, task: str, frames: int, size: int, negative_rate: float, ma
         break
     else:
         raise RuntimeError(f"seed {seed}: no valid sample in 50 scenes")
-    pixels = render_clip(scene, timestamps, size, bool(rng.random() < compress_rate), rng)
+    background = None
+    if mix.real_background_rate > 0 and rng.random() < mix.real_background_rate:
+        background = RealBackground.draw(rng, (scene.width, scene.height), "train", duration)
+    pixels = render_clip(scene, timestamps, size, bool(rng.random() < compress_rate), rng, background)
     boxes, present = target_labels(scene, target, timestamps)
     if target is None:
         span = None

@@ -233,3 +233,24 @@ def test_the_space_decoder_on_question_frame_pairs_equals_decoding_whole_windows
     # and keyframe-only decoding gives the same values there, zeros elsewhere
     assert torch.allclose(kb[0, list(keys)], boxes[0, list(keys)], atol=1e-5) and torch.allclose(kb[1, [2, 5]], boxes[1, [2, 5]], atol=1e-5)
     assert kb[0, [1, 2, 4, 5]].abs().sum() == 0 and kp[1, [0, 1, 3, 4, 6, 7]].abs().sum() == 0
+
+
+def test_box_motion_charges_a_box_that_jumps_and_time_tokens_can_weigh_more(tiny_model, tiny_config):
+    # given a 6-frame positive and the model's outputs
+    b = collate([_fake_sample(6, 32, 0)], tiny_model.vocab, tiny_model.tokenizer, tiny_config.tokens_per_frame)
+    with torch.no_grad():
+        out = tiny_model(b.pixels, b.input_ids, b.attention_mask, b.question_index, b.question_mask)
+    crit = _criterion(tiny_model, dataclasses.replace(tiny_config.loss, box_motion=1.0))
+    steady = dataclasses.replace(out.decoder, boxes_cxcywh=b.boxes_cxcywh.clone())  # the truth: no motion error
+    jumped = b.boxes_cxcywh.clone()
+    jumped[0, 3, 0] += 0.3  # one span frame's box on another object
+    jumping = dataclasses.replace(out.decoder, boxes_cxcywh=jumped)
+    terms = [crit(out.logits, b.labels, d, b.boxes_cxcywh, b.box_mask, b.presence) for d in (steady, jumping)]
+    # then the steady track costs nothing, the jump is paid on both of its frame pairs
+    assert float(terms[0].box_motion) == 0.0
+    pairs = int((b.box_mask[:, 1:] & b.box_mask[:, :-1]).sum())
+    assert abs(float(terms[1].box_motion) - 2 * 0.3 / pairs) < 1e-5
+    # and weighing time tokens changes the LM term (the answer has them), box motion off leaves it at zero
+    heavier = _criterion(tiny_model, dataclasses.replace(tiny_config.loss, time_tokens=3.0))
+    lm = heavier(out.logits, b.labels, out.decoder, b.boxes_cxcywh, b.box_mask, b.presence)
+    assert float(lm.lm) != float(terms[0].lm) and float(lm.box_motion) == 0.0
