@@ -44,14 +44,19 @@ def test_fine_tuning_starts_from_the_given_model(tiny_model, tmp_path):
     save_model(tiny_model, tmp_path / "base")
     settings = TrainSettings(steps=1, lr=0.0, batch_size=2, rec_batch_size=2, frames=4, pair_rate=1.0,
                              eval_samples=2, calibration_samples=4)
-    # when it is fine-tuned for one step at learning rate 0 (a fresh optimizer: nothing may move)
-    train(tiny_model.config, tmp_path / "ft", settings, init_from=tmp_path / "base")
+    # when it is fine-tuned for one step at learning rate 0 (a fresh optimizer: nothing may move), with other loss weights
+    import dataclasses
+
+    requested = dataclasses.replace(tiny_model.config, loss=dataclasses.replace(tiny_model.config.loss, box_motion=2.0, time_tokens=1.0))
+    train(requested, tmp_path / "ft", settings, init_from=tmp_path / "base")
     # then the result has the base model's weights and a calibrated threshold
     tuned = load_model(tmp_path / "ft")
     base = tiny_model.state_dict()
     for name, value in tuned.state_dict().items():
         assert torch.equal(value, base[name]), name
     assert 0.0 <= tuned.config.default_threshold <= 1.0
+    # and the requested loss weights, which its config records
+    assert tuned.config.loss.box_motion == 2.0 and tuned.config.loss.time_tokens == 1.0
 
 
 def test_a_synthetic_global_batch_cut_across_ranks_and_micro_steps_is_the_whole_batch():
