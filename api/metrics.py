@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # name -> (type, help, labels); the one list of what /metrics exposes (tests and deploy/ files check against it)
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "svl_frames_decoded_total": ("counter", "Frames decoded per camera", ("camera",)),
-    "svl_frames_dropped_total": ("counter", "Frames dropped per camera, by reason (late: behind real time; redis: Redis could not store them)",
+    "svl_frames_dropped_total": ("counter", "Frames dropped per camera, by reason (late: behind real time; redis: Redis could "
+                                 "not store them; overload: not decoded, the camera was behind and decoded key frames only)",
                                  ("camera", "reason")),
     "svl_camera_fps": ("gauge", "Decoded frames per second per camera", ("camera",)),
     "svl_camera_state": ("gauge", "1 for the camera's current state (connecting, running, reconnecting, failed, stopped)",
@@ -112,6 +113,7 @@ class RedisCollector:
             fam["svl_frames_decoded_total"].add_metric([cam], h.frames_decoded)
             fam["svl_frames_dropped_total"].add_metric([cam, "late"], h.frames_dropped_late)
             fam["svl_frames_dropped_total"].add_metric([cam, "redis"], h.frames_dropped_redis)
+            fam["svl_frames_dropped_total"].add_metric([cam, "overload"], h.frames_dropped_overload)
             fam["svl_camera_fps"].add_metric([cam], h.fps)
             for st in CameraState:
                 fam["svl_camera_state"].add_metric([cam, st.value], 1.0 if h.state is st else 0.0)

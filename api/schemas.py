@@ -110,8 +110,9 @@ class QueryAnswer(QuerySpec):
 
 # ---- cameras ------------------------------------------------------------------------------------
 class DroppedFrames(Answer):
-    late: int
-    redis: int
+    late: int = Field(..., description="decoded more than the camera's max_lag_s behind real time")
+    redis: int = Field(..., description="not stored: Redis was unavailable")
+    overload: int = Field(..., description="not decoded: the camera was behind real time and decoded key frames only")
 
 
 class CameraHealthAnswer(Answer):

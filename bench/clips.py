@@ -24,16 +24,19 @@ def demo_clip(resolution: str = "720p", seconds: float = 3 * DEMO_EPISODE_S, fps
     w, h = RESOLUTIONS[resolution]
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "spacevllm-clips")
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"demo-{resolution}-{fps}fps-{seconds:g}s-crf{crf}.mp4"
+    path = cache / f"demo-gop2s-{resolution}-{fps}fps-{seconds:g}s-crf{crf}.mp4"  # (earlier clips of this name were all key frames)
     if path.is_file():
         return path
     tmp = path.with_suffix(f".{os.getpid()}.part.mp4")
     with av.open(str(tmp), "w") as out:
         st = out.add_stream("libx264", rate=fps)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        # a camera-like stream: no B-frames, GOP 2 s; "veryfast" keeps rendering a 30 s clip to about a minute
-        st.codec_context.max_b_frames, st.codec_context.gop_size = 0, 2 * fps
-        st.options = {"crf": str(crf), "preset": "veryfast"}
+        # a camera-like stream: no B-frames, a key frame every 2 s and none between (scene cuts off); "veryfast"
+        # keeps rendering a 30 s clip to about a minute. The GOP goes to x264 itself: PyAV's `codec_context.gop_size`
+        # made every frame a key frame here (PyAV 18).
+        st.codec_context.max_b_frames = 0
+        st.options = {"crf": str(crf), "preset": "veryfast",
+                      "x264-params": f"keyint={2 * fps}:min-keyint={2 * fps}:scenecut=0"}
         scenes = {}
         for k in range(int(seconds * fps)):
             t = k / fps

@@ -3,6 +3,7 @@ threads vs processes for several cameras. The clip is the demo scene at 720p25 (
 sensor noise, no B-frames, GOP 2 s).
 
     .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3] [--resolution 720p]
+    .venv/bin/python bench/ingest.py --overload [--clip PATH]   # a camera behind real time: key frames only
 
 Limit = decode only, nothing converted. Full path = decode, timestamp, sample at 2 fps, convert + resize the kept
 frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded); with previews (on by default)
@@ -26,6 +27,7 @@ from stream.config import CameraSettings, WindowSettings  # noqa: E402
 from stream.ingest import IngestService  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
+from stream.sources import PyAVSource, SourceEnded  # noqa: E402
 from bench.clips import demo_clip  # noqa: E402
 
 
@@ -55,6 +57,42 @@ def full_path(path: Path, url: str, prefix: str, cameras: int = 1, preview_size:
     return frames / dt
 
 
+def decode_cost(path: Path, keyframes_only: bool) -> tuple[float, float, float]:
+    """(frames decoded, decoding CPU seconds, video seconds) of the clip through the camera's source, one decoder
+    thread (as with more cameras than cores), so this thread's CPU time is the decoding's: every frame, or key frames
+    only (what a camera behind real time decodes, stream/overload.py)."""
+    src = PyAVSource(f"file://{path}", realtime=False, decoder_threads=1)
+    src.keyframes_only = keyframes_only
+    frames, t0 = 0, time.thread_time()
+    try:
+        for _ in src.frames():
+            frames += 1
+    except SourceEnded:
+        pass
+    finally:
+        src.close()
+    cpu = time.thread_time() - t0
+    with av.open(str(path)) as c:
+        video_s = float(c.streams.video[0].frames / c.streams.video[0].average_rate)
+    return frames, cpu, video_s
+
+
+def overload(path: Path, repeats: int) -> None:
+    full, key = [], []
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        full.append(decode_cost(path, False))
+        key.append(decode_cost(path, True))
+    med = statistics.median
+    video_s = full[0][2]
+    print(f"{path.name}: {video_s:.0f} s, {path.stat().st_size * 8 / video_s / 1e6:.1f} Mbit/s; 1 decoder thread, "
+          f"median of {repeats} interleaved runs (decoding CPU time)")
+    print(f"{'path':<36} | {'frames decoded / s of video':>27} | {'CPU ms / s of video':>19}")
+    for name, runs in (("every frame (a camera keeping up)", full), ("key frames only (a camera behind)", key)):
+        print(f"{name:<36} | {med(r[0] for r in runs) / video_s:>27.2f} | {med(r[1] for r in runs) / video_s * 1000:>19.1f}")
+    print(f"key frames only / every frame: frames {med(r[0] for r in key) / med(r[0] for r in full):.3f}, "
+          f"CPU {med(r[1] for r in key) / med(r[1] for r in full):.3f}")
+
+
 def _proc(path, url, prefix, q):
     q.put(full_path(Path(path), url, prefix))
 
@@ -77,7 +115,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--resolution", default="720p")
+    ap.add_argument("--overload", action="store_true", help="only: decoding cost, every frame vs key frames only")
+    ap.add_argument("--clip", type=Path, help="with --overload: this clip instead of the demo scene")
     args = ap.parse_args()
+    if args.overload:
+        overload(args.clip or demo_clip(args.resolution, seconds=args.seconds), args.repeats)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     path = demo_clip(args.resolution, seconds=args.seconds)
     server = EmbeddedRedis.start(tmp / "redis", appendonly=False)

@@ -1,7 +1,10 @@
 """One camera: connect, decode, timestamp on the capture clock, sample, store, window; reconnect forever.
 
 Latest-frame semantics: a frame that is more than `max_lag_s` behind real time when it
-reaches us is dropped and counted, so latency never grows.
+reaches us is dropped and counted, so latency never grows; and a camera whose decoding falls
+behind decodes key frames only until it catches up (stream/overload.py), so the CPU that is
+short is not spent decoding frames that would be dropped. The thread runs at ingest's lower
+priority (stream/priority.py).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from stream.config import CameraSettings, WindowSettings
 from stream.health import CameraHealth, CameraState
 from stream.imagecodec import encode_image
 from stream.keys import Keys
+from stream.overload import Overload, OverloadSwitch
 from stream.preview import preview_jpeg
+from stream.priority import ThreadPriority
 from stream.redis_link import RedisLink, backoff_delay
 from stream.role import require_client
 from stream.sources import RawFrame, SourceEnded, SourceError, open_source
@@ -60,7 +65,7 @@ class CaptureClock:
 class CameraWorker(threading.Thread):
     def __init__(self, settings: CameraSettings, windows: WindowSettings, client: redis.Redis, keys: Keys,
                  stop: threading.Event, health_ttl_s: float = 300.0, now: Callable[[], float] = time.time,
-                 decoder_threads: int = 0) -> None:
+                 decoder_threads: int = 0, priority: ThreadPriority | None = None) -> None:
         super().__init__(name=f"camera-{settings.id}", daemon=True)
         require_client(client, "CameraWorker")
         if windows.input_size is None:
@@ -75,6 +80,7 @@ class CameraWorker(threading.Thread):
         self.health_ttl_s = health_ttl_s
         self.now = now
         self.decoder_threads = decoder_threads  # FFmpeg threads for this camera's decoder (0: FFmpeg's default)
+        self.priority = priority  # lowered in this thread as it starts (None: left as it is)
         self.health = CameraHealth(settings.id)
         self._rng = random.Random(hash(settings.id))
         self._last_health_write = 0.0
@@ -121,6 +127,8 @@ class CameraWorker(threading.Thread):
     def run(self) -> None:
         s = self.settings
         attempt = 0
+        if self.priority is not None:  # before the source opens: FFmpeg's threads, made by this one, inherit it
+            self.priority.lower()
         try:
             while not self.stop_event.is_set():
                 if self.health.state is CameraState.RECONNECTING:
@@ -171,36 +179,70 @@ class CameraWorker(threading.Thread):
         self.stop_event.wait(delay)
 
     def _consume(self, source) -> None:
-        w = self.windows
+        w, s = self.windows, self.settings
         sampler, builder = FrameSampler(w.sample_fps), WindowBuilder(w.window_seconds, w.stride_seconds, w.sample_fps)
         clock = CaptureClock(self.now)
         epoch = getattr(source, "epoch", None)
         check_lag = epoch is None and source.live
         self._live = check_lag  # its windows carry capture times on the wall clock: the engine may skip stale ones
         self._ran_ok = False
-        for raw in source.frames():
-            if self.stop_event.is_set():
-                return
-            if self.health.state is not CameraState.RUNNING:
-                self._set(CameraState.RUNNING)
-            self._ran_ok = True
-            self._fps_count += 1
-            reanchors = clock.reanchors
-            ts = clock.stamp(raw.pts_s, raw.period_s, epoch)
-            if clock.reanchors != reanchors:
-                sampler.reset()
-                builder.reset()
-            self.health = self.health.moved(CameraState.RUNNING, frames_decoded=self.health.frames_decoded + 1, last_frame_ts=ts)
-            lag = self.now() - ts
-            if check_lag and lag > self.settings.max_lag_s:
-                self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1,
-                                                frames_dropped_late=self.health.frames_dropped_late + 1)
+        # half the lag that drops frames: key frames only; back within a quarter of it: every frame again (lags above
+        # their recent least, stream/overload.py). Files played offline (and synthetic cameras with an epoch) have no
+        # real time to fall behind.
+        overload = OverloadSwitch(s.max_lag_s / 2, s.max_lag_s / 4, s.max_lag_s) if check_lag else None
+        try:
+            for raw in source.frames():
+                if self.stop_event.is_set():
+                    return
+                if self.health.state is not CameraState.RUNNING:
+                    self._set(CameraState.RUNNING)
+                self._ran_ok = True
+                self._fps_count += 1
+                self._count_skipped(source, overload)
+                reanchors = clock.reanchors
+                ts = clock.stamp(raw.pts_s, raw.period_s, epoch)
+                if clock.reanchors != reanchors:
+                    sampler.reset()
+                    builder.reset()
+                self.health = self.health.moved(CameraState.RUNNING, frames_decoded=self.health.frames_decoded + 1, last_frame_ts=ts)
+                lag = self.now() - ts
+                if overload is not None:
+                    self._follow_lag(overload, source, lag)
+                if check_lag and lag > s.max_lag_s:
+                    self.health = self.health.moved(CameraState.RUNNING, frames_dropped=self.health.frames_dropped + 1,
+                                                    frames_dropped_late=self.health.frames_dropped_late + 1)
+                    self._write_health()
+                    continue
+                ts_ms = int(round(ts * 1000))
+                if sampler.keep(ts_ms, raw.period_s * 1000):
+                    self._store(raw, ts_ms, builder)
                 self._write_health()
-                continue
-            ts_ms = int(round(ts * 1000))
-            if sampler.keep(ts_ms, raw.period_s * 1000):
-                self._store(raw, ts_ms, builder)
-            self._write_health()
+        finally:  # the frames skipped since the last one decoded (the stream ended, failed or was stopped meanwhile)
+            self._count_skipped(source, overload)
+            if overload is not None and overload.in_episode:
+                log.info("camera %s: %d frames were not decoded while it was behind real time (the last %.0f s)",
+                         s.id, overload.episode_skipped, time.monotonic() - overload.episode_since)
+
+    def _count_skipped(self, source, overload: OverloadSwitch | None) -> None:
+        """Frames the source did not decode (key frames only): dropped, reason overload."""
+        n = source.take_skipped()
+        if n:
+            self.health = self.health.moved(self.health.state, frames_dropped=self.health.frames_dropped + n,
+                                            frames_dropped_overload=self.health.frames_dropped_overload + n)
+            if overload is not None:
+                overload.count_skipped(n)
+
+    def _follow_lag(self, overload: OverloadSwitch, source, lag: float) -> None:
+        """Key frames only while behind real time; one line when the camera falls behind, one when it has caught up."""
+        change = overload.observe(lag, time.monotonic())
+        source.keyframes_only = overload.keyframes_only
+        if change is Overload.BEHIND:
+            log.warning("camera %s: decoding fell %.1f s behind real time: decoding key frames only until it catches up "
+                        "(the frames skipped are counted as dropped, reason overload)", self.settings.id, lag)
+        elif change is Overload.CAUGHT_UP:
+            log.info("camera %s: caught up: decoding every frame again; %d frames were not decoded while it was behind "
+                     "(over %.0f s, %d times)", self.settings.id, overload.episode_skipped, overload.episode_s,
+                     overload.episode_entries)
 
     def _store(self, raw: RawFrame, ts_ms: int, builder: WindowBuilder) -> None:
         w, h = raw.size_wh

@@ -89,7 +89,9 @@ class CameraSettings(Strict):
     backoff_initial_s: float = Field(0.5, gt=0, le=3600)
     backoff_max_s: float = Field(30.0, gt=0, le=3600)
     max_retries: int | None = Field(None, ge=0, le=1_000_000)  # None: reconnect forever
-    max_lag_s: float = Field(1.0, gt=0, le=3600)  # frames later than this behind real time are dropped
+    # frames later than this behind real time are dropped; a live camera whose decoding falls max_lag_s / 2 behind
+    # decodes key frames only until it is back within max_lag_s / 4 (stream/overload.py)
+    max_lag_s: float = Field(1.0, gt=0, le=3600)
     windows: WindowSettings | None = None  # per-camera override
 
     @field_validator("id")
@@ -108,6 +110,11 @@ class IngestSettings(Strict):
     # FFmpeg decoder threads per camera. 0: automatic (FFmpeg's default when there are fewer cameras than cores, else
     # 1: many cameras already fill the cores, and a decoder's threads would only wait on each other)
     decoder_threads: int = Field(0, ge=0, le=16)
+    # nice levels the camera threads (decoding, their FFmpeg threads, image encoding) run below the process: under
+    # contention the engine comes first (stream/priority.py). 10: a busy thread weighs 1/9 of a nice-0 one, so up to
+    # 9 busy camera threads weigh less than one engine thread; when the engine is idle ingest still gets all the CPU.
+    # 0: no change.
+    nice: int = Field(10, ge=0, le=19)
     health_ttl_s: float = Field(300.0, gt=0, le=30 * 86400)  # a stopped camera's health expires after this
     # directories whose files may be played as cameras when added at run time (API, `spacevllm cameras add`, the
     # registry in Redis). Default: none. Cameras in the config file itself may name any file (the operator wrote it).

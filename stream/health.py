@@ -31,7 +31,7 @@ class CameraHealth:
     fps: float = 0.0
     last_frame_ts: float = 0.0
     frames_decoded: int = 0
-    frames_dropped: int = 0  # all drops: late frames (lag) and frames Redis could not take
+    frames_dropped: int = 0  # all drops: late frames (lag), frames Redis could not take, frames not decoded (overload)
     frames_stored: int = 0
     windows: int = 0
     reconnects: int = 0
@@ -39,6 +39,7 @@ class CameraHealth:
     updated_at: float = 0.0
     frames_dropped_redis: int = 0  # of frames_dropped: not stored because Redis was unavailable
     frames_dropped_late: int = 0  # of frames_dropped: more than max_lag_s behind real time
+    frames_dropped_overload: int = 0  # of frames_dropped: not decoded while behind real time (key frames only)
 
     def moved(self, state: CameraState, **changes) -> "CameraHealth":
         if state is not self.state and state not in ALLOWED[self.state]:
@@ -50,6 +51,7 @@ class CameraHealth:
             "state": self.state.value, "fps": f"{self.fps:.2f}", "last_frame_ts": f"{self.last_frame_ts:.3f}",
             "frames_decoded": str(self.frames_decoded), "frames_dropped": str(self.frames_dropped),
             "frames_dropped_redis": str(self.frames_dropped_redis), "frames_dropped_late": str(self.frames_dropped_late),
+            "frames_dropped_overload": str(self.frames_dropped_overload),
             "frames_stored": str(self.frames_stored), "windows": str(self.windows), "reconnects": str(self.reconnects),
             "last_error": self.last_error, "updated_at": f"{self.updated_at:.3f}",
         }
@@ -60,13 +62,14 @@ class CameraHealth:
         return cls(camera_id, CameraState(d["state"]), float(d["fps"]), float(d["last_frame_ts"]), int(d["frames_decoded"]),
                    int(d["frames_dropped"]), int(d.get("frames_stored", 0)), int(d.get("windows", 0)), int(d["reconnects"]),
                    d.get("last_error", ""), float(d["updated_at"]), int(d.get("frames_dropped_redis", 0)),
-                   int(d.get("frames_dropped_late", 0)))
+                   int(d.get("frames_dropped_late", 0)), int(d.get("frames_dropped_overload", 0)))
 
     def to_json(self) -> dict:
         """The health as the API shows it (numbers as numbers; drops by reason)."""
         return {"state": self.state.value, "fps": round(self.fps, 2), "last_frame_ts": self.last_frame_ts,
                 "frames_decoded": self.frames_decoded, "frames_dropped": self.frames_dropped,
-                "dropped": {"late": self.frames_dropped_late, "redis": self.frames_dropped_redis},
+                "dropped": {"late": self.frames_dropped_late, "redis": self.frames_dropped_redis,
+                            "overload": self.frames_dropped_overload},
                 "frames_stored": self.frames_stored, "windows": self.windows, "reconnects": self.reconnects,
                 "last_error": self.last_error, "updated_at": self.updated_at}
 

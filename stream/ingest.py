@@ -8,6 +8,10 @@ follows it while running: a camera added there starts, one removed stops, one wh
 changed restarts, all without restarting the process (announcements on a channel, plus a full
 re-read every `reload_s` in case one was missed). Without one, the list passed in is fixed and
 the service ends when every camera has ended (files played once, tests).
+
+Sharing the CPU with the engine: the camera threads run `ingest.nice` levels below the rest
+(stream/priority.py), and a camera that falls behind real time decodes key frames only until
+it catches up (stream/overload.py): an overloaded ingest loses frames, counted, not the engine's CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from stream.camera import CameraWorker
 from stream.cameras import CameraRegistry, redacted
 from stream.config import CameraSettings, IngestSettings, WindowSettings
 from stream.keys import Keys
+from stream.priority import ThreadPriority
 from stream.role import Heartbeat, Isolated, RoleLoop, install_stop_signals, isolate, require_client
 from stream.urls import file_path, redact_url, under_roots
 
@@ -49,6 +54,7 @@ class IngestService:
         self._seeded = not cameras  # the cameras passed in are written to the registry once
         self._refused: dict[str, CameraSettings] = {}
         self.failed = Isolated()  # cameras that failed to start or stop
+        self.priority = ThreadPriority(self.settings.nice)  # each camera thread lowers itself: the engine comes first
         if registry is None:
             for c in cameras:
                 self._start_camera(c)
@@ -61,7 +67,7 @@ class IngestService:
     def _start_camera(self, cam: CameraSettings, start: bool = False) -> None:
         stop = threading.Event()  # per camera, so one can stop alone; teardown sets them all
         worker = CameraWorker(cam, self._windows_for(cam), self.client, self.keys, stop, self.settings.health_ttl_s,
-                              decoder_threads=self._decoder_threads())
+                              decoder_threads=self._decoder_threads(), priority=self.priority)
         self._running[cam.id] = (cam, worker, stop)
         if start:
             log.info("camera %s: starting (%s)", cam.id, redact_url(cam.url))

@@ -70,6 +70,8 @@ class RawFrame:
         return self.frame.to_ndarray(format="rgb24") if self.frame is not None else self.image
 
 
+MAX_SKIP_S = 10.0  # key frames only, but none came for this long (in frames at the stream's rate): skipping stops
+
 # FFmpeg demuxers a file camera may use (video containers, elementary streams, image sequences)
 FILE_FORMATS = ("mov,mp4,matroska,webm,avi,flv,mpegts,h264,hevc,mjpeg,mpjpeg,image2,png_pipe,jpeg_pipe,mpeg,"
                 "mpegvideo,m4v,rawvideo,ivf,yuv4mpegpipe,gif,webp_pipe,asf,ogg,nut,dv")
@@ -101,6 +103,11 @@ class PyAVSource:
         self._target, self._options, self._format = target, options, fmt
         self.live = self.kind in ("rtsp", "http", "v4l2") or self.realtime  # frames should arrive in real time
         self._timeouts = (open_timeout_s, read_timeout_s)
+        # set by the camera when it falls behind real time (stream/overload.py): only key frames are decoded
+        self.keyframes_only = False
+        self.has_keyframes = True  # False once a skip found no key frame within MAX_SKIP_S: skipping stops for good
+        self._skipped = 0  # frames not decoded since `take_skipped` was last called
+        self._skip_run = 0  # packets skipped in a row
         self.container = self._open()
 
     def _open(self):
@@ -140,15 +147,20 @@ class PyAVSource:
             last = first = None
             started = time.monotonic()
             try:
-                for frame in self.container.decode(stream):
-                    pts = float(frame.time) if frame.time is not None else (last + period if last is not None else 0.0)
-                    last = pts
-                    if self.realtime:
-                        first = pts if first is None else first
-                        delay = (pts - first) - (time.monotonic() - started)
-                        if delay > 0:
-                            time.sleep(delay)
-                    yield RawFrame(None, pts + offset, period, frame)
+                for packet in self.container.demux(stream):
+                    if self._skip(packet, rate):
+                        continue
+                    for frame in self.decode(packet):
+                        pts = float(frame.time) if frame.time is not None else (last + period if last is not None else 0.0)
+                        last = pts
+                        # a real-time file waits for each frame's time; behind it, it does not wait, and the camera
+                        # sets `keyframes_only`, so the next frame decoded is the next key frame, not a burst of them
+                        if self.realtime:
+                            first = pts if first is None else first
+                            delay = (pts - first) - (time.monotonic() - started)
+                            if delay > 0:
+                                time.sleep(delay)
+                        yield RawFrame(None, pts + offset, period, frame)
             except av.error.InvalidDataError as exc:
                 raise SourceError(f"corrupt stream: {exc}") from exc
             except (av.error.FFmpegError, OSError) as exc:
@@ -160,6 +172,34 @@ class PyAVSource:
             offset += (last or 0.0) + period
             self.container.close()
             self.container = self._open()
+
+    def decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        """One packet through the decoder: its frames (none for a skipped non-reference frame, or while the decoder
+        holds frames back to reorder them)."""
+        return packet.decode()
+
+    def _skip(self, packet: av.Packet, rate: float) -> bool:
+        """Whether to leave this packet undecoded: while `keyframes_only`, every packet up to the next key frame
+        (one packet is one frame), counted. Deciding here, not with the decoder's `skip_frame`, keeps the count exact
+        (a packet not handed to the decoder is a frame not decoded, whatever frames the decoder holds back) and
+        costs the decoder nothing at all. A stream that shows no key frame within MAX_SKIP_S (intra refresh: no
+        key frames after the first) is never skipped again: skipping would stop the camera for good."""
+        if not (self.keyframes_only and self.has_keyframes and packet.size) or packet.is_keyframe:
+            self._skip_run = 0
+            return False
+        if self._skip_run >= MAX_SKIP_S * rate:
+            self.has_keyframes = False
+            log.warning("%s: no key frame in %d frames: decoding every frame even when behind (frames too late "
+                        "are dropped instead)", redact_url(self.url), self._skip_run)
+            return False
+        self._skip_run += 1
+        self._skipped += 1
+        return True
+
+    def take_skipped(self) -> int:
+        """Frames not decoded (key frames only) since the last call."""
+        n, self._skipped = self._skipped, 0
+        return n
 
     def close(self) -> None:
         try:
@@ -212,6 +252,8 @@ class SyntheticSource:
         self.url = url
         self.live = self.realtime and self.epoch is None
         self._scenes: dict[int, Scene] = {}
+        # every frame is rendered on its own (a key frame, in a decoder's terms): behind, there is nothing to skip to
+        self.keyframes_only = False
 
     def scene(self, episode: int) -> Scene:
         if episode not in self._scenes:
@@ -237,6 +279,9 @@ class SyntheticSource:
             yield RawFrame(img, t, period)
             k += 1
         raise SourceEnded(redact_url(self.url))
+
+    def take_skipped(self) -> int:
+        return 0
 
     def truth(self, t: float) -> tuple[Scene, float]:
         """The scene and scene-time shown at stream time t (for tests and evaluation)."""

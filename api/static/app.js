@@ -142,6 +142,10 @@ function drawBoxes(tile) {
     s.append(t);
   }
 }
+function droppedBy(d) {
+  // the reasons: late (behind real time), redis (could not be stored), overload (not decoded: key frames only)
+  return d ? Object.entries(d).map(([reason, n]) => `${reason} ${n}`).join(", ") : "";
+}
 function healthLine(cam) {
   const h = cam.health;
   if (!h) return [el("span", { class: "muted" }, "no health yet")];
@@ -150,7 +154,7 @@ function healthLine(cam) {
     el("b", {}, cam.id),
     el("span", { class: `state-${h.state}` }, h.state),
     el("span", {}, `${(h.fps ?? 0).toFixed(1)} fps`),
-    el("span", {}, `dropped ${dropped}`),
+    el("span", { title: droppedBy(h.dropped) }, `dropped ${dropped}`),
   ];
   if (h.last_error) parts.push(el("span", { class: "error", title: h.last_error }, `last error: ${h.last_error}`));
   return parts;

@@ -36,8 +36,8 @@ def sample_names() -> set[str]:
 
 def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_client):
     # given a camera's health, engine counters, webhook counters and a consumer group with lag and pending windows
-    h = CameraHealth("cam1").moved(CameraState.RUNNING, fps=9.5, frames_decoded=120, frames_dropped=7, frames_dropped_late=5,
-                                   frames_dropped_redis=2, reconnects=3, windows=11)
+    h = CameraHealth("cam1").moved(CameraState.RUNNING, fps=9.5, frames_decoded=120, frames_dropped=10, frames_dropped_late=5,
+                                   frames_dropped_redis=2, frames_dropped_overload=3, reconnects=3, windows=11)
     redis_client.sadd(KEYS.cameras(), "cam1")
     redis_client.hset(KEYS.health("cam1"), mapping=h.to_dict())
     tel = EngineTelemetry(redis_client, KEYS)
@@ -67,6 +67,7 @@ def test_metrics_when_scraped_then_every_role_is_reported_and_parses(api, redis_
     assert got[("svl_frames_decoded_total", cam)] == 120
     assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "late")))] == 5
     assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "redis")))] == 2
+    assert got[("svl_frames_dropped_total", (("camera", "cam1"), ("reason", "overload")))] == 3
     assert got[("svl_camera_fps", cam)] == 9.5
     assert got[("svl_camera_state", (("camera", "cam1"), ("state", "running")))] == 1
     assert got[("svl_camera_state", (("camera", "cam1"), ("state", "failed")))] == 0

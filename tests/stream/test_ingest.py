@@ -261,3 +261,69 @@ def test_file_camera_when_the_file_is_text_then_it_fails_and_shows_nothing_of_it
     h = _health(redis_client, "text")
     assert h.state is CameraState.FAILED and "not a video or image file" in h.last_error
     assert list(redis_client.scan_iter(KEYS.frame_pattern("text"))) == []
+
+
+# ---- sharing the CPU with the engine: camera threads at a lower priority ----------------------------
+def _nice_of_tasks() -> dict[int, int]:
+    """Every thread of this process: its id -> its nice value (/proc/self/task/<tid>/stat, field 19)."""
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return out
+
+
+def test_ingest_when_nice_is_set_lowers_its_camera_threads_and_their_decoder_threads_only(redis_client, h264_file, caplog):
+    import os
+
+    # given this process's threads and their priority, and ingest with ingest.nice 7 and two FFmpeg threads a camera
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    before = set(_nice_of_tasks())
+    cam = CameraSettings(id="nice", url=f"file://{h264_file}", loop=True)
+    svc = IngestService(redis_client, KEYS, [cam], WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1, input_size=32),
+                        IngestSettings(nice=7, decoder_threads=2))
+    caplog.set_level(logging.INFO, logger="stream.priority")
+    t = threading.Thread(target=svc.run, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    try:
+        # when its camera is decoding
+        assert _wait(lambda: (h := _health(redis_client, "nice")) and h.frames_decoded > 10, 20)
+        tasks = _nice_of_tasks()
+        camera = svc.workers[0].native_id
+        # then the camera thread and the decoder threads it made run 7 levels lower, the ingest loop and this thread
+        # at the priority they had, and the log said so once
+        new = {tid: nice for tid, nice in tasks.items() if tid not in before and tid != t.native_id}
+        assert camera in new and len(new) >= 2, new  # the camera's thread and FFmpeg's (it asked for 2)
+        assert set(new.values()) == {min(19, base + 7)}, new
+        assert tasks[t.native_id] == base and os.getpriority(os.PRIO_PROCESS, 0) == base
+        assert caplog.text.count(f"ingest camera threads run at nice {min(19, base + 7)}") == 1
+    finally:
+        svc.stop_event.set()
+        t.join(15)
+
+
+def test_ingest_when_the_priority_cannot_be_lowered_warns_and_its_cameras_run(redis_client, monkeypatch, caplog):
+    import os
+
+    # given a system that refuses to change priorities (a sandbox)
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    cam = CameraSettings(id="plain", url="synthetic://demo?fps=10")
+    # when ingest starts its camera
+    svc, t = _start(redis_client, [cam], WindowSettings(sample_fps=2, window_seconds=1, stride_seconds=1, input_size=32))
+    try:
+        # then the camera runs and makes windows, and one warning says the priority was not lowered
+        assert _wait(lambda: (h := _health(redis_client, "plain")) and h.windows >= 2, 20)
+        assert _wait(lambda: "could not lower their priority (ingest.nice: 10)" in caplog.text, 5)
+        assert t.is_alive()
+    finally:
+        svc.stop_event.set()
+        t.join(15)

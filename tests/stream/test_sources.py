@@ -7,7 +7,7 @@ import numpy as np
 
 from stream.imagecodec import resize
 from stream.scenes import random_scene, render_frame
-from stream.sources import PyAVSource
+from stream.sources import PyAVSource, SourceEnded
 
 
 def _h264(path, seconds: float = 2.0, fps: int = 25, size=(320, 240), bframes: int = 0):
@@ -88,3 +88,71 @@ def test_resize_when_a_pil_filter_is_named_matches_pil_and_area_stays_ffmpegs():
     expected = np.asarray(Image.fromarray(image).resize((48, 48), Image.Resampling.BICUBIC))
     assert np.array_equal(resize(image, 48, "bicubic"), expected)
     assert resize(image, 48).shape == (48, 48, 3) and not np.array_equal(resize(image, 48), expected)
+
+
+# ---- key frames only (a camera behind real time) ------------------------------------------------
+def _frame_numbers(src: PyAVSource, fps: int, switch=lambda n, pts: None) -> list[int]:
+    """Decode to the end; the frame numbers decoded. `switch(n, pts)` runs after each frame (n frames so far)."""
+    got = []
+    try:
+        for raw in src.frames():
+            got.append(round(raw.pts_s * fps))
+            switch(len(got), raw.pts_s)
+    except SourceEnded:
+        pass
+    return got
+
+
+def test_frames_when_keyframes_only_decodes_only_key_frames_and_counts_every_other_frame(tmp_path):
+    from tests.media import write_h264
+
+    # given 4 s at 25 fps with a key frame every second (frames 0, 25, 50, 75)
+    clip = write_h264(tmp_path / "k.mp4", seconds=4, fps=25, size=(160, 120), gop=25)
+    src = PyAVSource(f"file://{clip}", realtime=False)
+    src.keyframes_only = True
+    # when decoded with key frames only
+    got = _frame_numbers(src, 25)
+    # then only the key frames were decoded, and the 96 others were counted, each once
+    assert got == [0, 25, 50, 75]
+    assert src.take_skipped() == 96 and src.take_skipped() == 0
+    src.close()
+
+
+def test_frames_when_keyframes_only_is_switched_on_and_off_resumes_at_the_next_key_frame_counting_exactly(tmp_path):
+    from tests.media import write_h264
+
+    # given 4 s at 25 fps with a key frame every second
+    clip = write_h264(tmp_path / "k.mp4", seconds=4, fps=25, size=(160, 120), gop=25)
+    src = PyAVSource(f"file://{clip}", realtime=False)
+
+    def switch(n: int, pts: float) -> None:  # behind after 10 frames; caught up at the next (key) frame decoded
+        src.keyframes_only = n == 10
+
+    # when it falls behind after frame 9 and catches up at the next frame decoded
+    got = _frame_numbers(src, 25, switch)
+    # then frames 10-24 were not decoded (and counted), decoding resumed at key frame 25 with every frame after it
+    assert got == list(range(10)) + list(range(25, 100))
+    assert src.take_skipped() == 15
+    src.close()
+
+
+def test_frames_when_a_stream_has_no_key_frame_to_skip_to_decodes_every_frame_again(tmp_path, caplog):
+    from stream.sources import MAX_SKIP_S
+    from tests.media import write_h264
+
+    # given 12 s at 25 fps whose only key frame is the first (intra refresh cameras send no others)
+    clip = write_h264(tmp_path / "one.mp4", seconds=12, fps=25, size=(160, 120), gop=10_000)
+    src = PyAVSource(f"file://{clip}", realtime=False)
+
+    def switch(n: int, pts: float) -> None:  # behind from the first frame on, for good
+        src.keyframes_only = True
+
+    # when decoded with key frames only after the first frame
+    got = _frame_numbers(src, 25, switch)
+    # then it skipped MAX_SKIP_S worth of frames looking for a key frame, then decoded every frame after them,
+    # said so once, and never skips on this stream again
+    skipped = int(MAX_SKIP_S * 25)
+    assert src.take_skipped() == skipped
+    assert got == [0] + list(range(skipped + 1, 300))
+    assert caplog.text.count("no key frame in") == 1 and not src.has_keyframes
+    src.close()

@@ -227,3 +227,53 @@ def test_heartbeat_when_windows_were_processed_carries_their_latency_histogram(r
     # then its latency histogram holds both windows, between 3.5 s and 10 s after capture
     assert sum(beat["latency_buckets"]) == 2 and beat["processed"] == 2
     assert 3.5 <= quantile(0.5, beat["latency_buckets"]) <= 10.0 and 3.5 <= beat["latency_max_30s"] <= 10.0
+
+
+# ---- an overloaded ingest beside the engine ------------------------------------------------------
+def test_run_when_ingest_is_overloaded_keeps_processing_its_windows(redis_client, tiny_model_dir, tmp_path, monkeypatch):
+    import threading
+
+    import stream.camera
+    from stream.config import CameraSettings
+    from stream.health import CameraHealth
+    from stream.ingest import IngestService
+    from tests.media import slow_decoding, write_h264
+    from tests.waiting import wait_for
+
+    keys = Keys("ovl:", shards=1)
+    add_queries(redis_client, keys, ALWAYS)
+    # given a real-time camera (12 s of 25 fps H.264, a key frame every 2 s) whose decoding needs 1.5x real time,
+    # ingested at ingest's default priority, and an engine beside it in this process
+    clip = write_h264(tmp_path / "cam.mp4", seconds=12, fps=25, size=(160, 120), gop=50, noise=True)
+    monkeypatch.setattr(stream.camera, "open_source", slow_decoding(0.06))
+    ingest_svc = IngestService(redis_client, keys, [CameraSettings(id="busy", url=f"file://{clip}")],
+                               WindowSettings(sample_fps=2, window_seconds=4, stride_seconds=2, input_size=32, preview_size=0))
+    ingesting = threading.Thread(target=ingest_svc.run, kwargs={"install_signals": False}, daemon=True)
+    engine = worker(redis_client, keys, tiny_model_dir, batch_windows=1)
+    grounding = threading.Thread(target=engine.run, daemon=True)
+
+    def health() -> CameraHealth:
+        return CameraHealth.from_dict("busy", redis_client.hgetall(keys.health("busy")))
+
+    grounding.start()
+    ingesting.start()
+    try:
+        # when the camera falls behind, then the engine grounds its windows while ingest is still skipping frames
+        wait_for(lambda: engine.stats.processed >= 2 or not ingesting.is_alive(), 30, "two windows grounded")
+        assert ingesting.is_alive() and health().frames_dropped_overload > 0
+        # and once the camera has ended, every window it made was grounded (or skipped as the engine's own
+        # admission allows), with events, and the frames not decoded are counted
+        ingesting.join(30)
+        assert not ingesting.is_alive()
+        made = health().windows
+        wait_for(lambda: engine.stats.processed + engine.stats.superseded + engine.stats.stale >= made, 20,
+                 f"the engine to handle all {made} windows")
+        assert made >= 3 and engine.stats.processed >= 3 and engine.stats.failed == 0
+        assert events_of(redis_client, keys)
+        h = health()
+        assert h.frames_decoded + h.frames_dropped_overload == 300 and h.frames_dropped_overload > 0
+    finally:
+        ingest_svc.stop_event.set()
+        engine.stop_event.set()
+        ingesting.join(15)
+        grounding.join(15)
