@@ -2,18 +2,25 @@
 them (separate processes, `up`'s thread budgets), for a while; then what the machine sustains.
 
     .venv/bin/python bench/headline.py [--cameras 8] [--queries 4] [--seconds 600] [--resolution 720p|1080p]
+                                       [--content demo|noisy|real] [--bframes 0]
     .venv/bin/python bench/headline.py --sweep 6,8,10,12 --seconds 120 [--queries 16] [--resolution 1080p]
 
-The demo scene is rendered to an H.264 file once (bench/clips.py: 25 fps, per-frame sensor noise, no B-frames,
-GOP 2 s) and played by every camera as a looping real-time `file://` source (a live camera: frames more than 1 s
-late are dropped and counted, windows may be skipped by the engine's admission control and are counted). Windows
-8 s / stride 2 s / 2 fps, frames 64 px PNG, the shipped tiny model, an embedded Redis.
+The content (bench/clips.py) is rendered to an H.264 file once, 25 fps: `demo`, the demo scene (flat colours,
+light noise, ~1.9 Mbit/s at 720p, every frame an I-frame: easy to decode); `noisy`, its episodes over a textured
+background with fresh sensor noise, and `real`, real street footage tiled to the frame, both encoded like a camera
+(8 Mbit/s CBR at 720p, 12 at 1080p, GOP 2 s, no B-frames unless --bframes). Every camera plays it as a looping
+real-time `file://` source (a live camera: frames more than 1 s late are dropped and counted, windows may be skipped
+by the engine's admission control and are counted). Windows 8 s / stride 2 s / 2 fps, frames 64 px PNG, the shipped
+tiny model, an embedded Redis.
 
-Printed, over the steady state (after --warmup seconds): windows produced vs processed per second, windows skipped
-by admission control, backlog (produced - handled) at the start and end of the steady state, capture-to-event
-latency p50 / p95 (from the engine's latency histogram; capture of a window's last frame -> its events committed)
-and the largest single value, frames decoded vs dropped, CPU seconds per role. The bound: p95 <= stride + 1 s,
-backlog not growing (end - start <= 2 windows per camera), drops <= 1%, skipped <= 1%.
+Printed first: the content (resolution, Mbit/s, GOP, B-frames, x264 settings, read back from the file) and its
+decode-only rate on one thread (bench/decode.py, before the cameras start), as cores per camera: the physical
+limit to read the result against. Then, over the steady state (after --warmup seconds): windows produced vs processed
+per second, windows skipped by admission control, backlog (produced - handled) at the start and end of the steady
+state, capture-to-event latency p50 / p95 (from the engine's latency histogram; capture of a window's last frame ->
+its events committed) and the largest single value, frames decoded vs dropped (by reason, as the camera health
+counts them), CPU seconds per role. The bound: p95 <= stride + 1 s, backlog not growing (end - start <= 2 windows
+per camera), drops <= 1%, skipped <= 1%.
 
 Lever switches (for measuring them side by side): --topology threads (ingest and engine as threads of one process,
 which shares one GIL and lets the thread pools oversubscribe the cores), --engine-threads, --backend, --batch.
@@ -32,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.clips import demo_clip  # noqa: E402
+from bench.clips import CONTENTS, clip, describe  # noqa: E402
+from bench.decode import decode_limit, limit_line  # noqa: E402
 from engine.serving.latency import diff, quantile  # noqa: E402
 from engine.contracts.queries import QueryRegistry, validate_query  # noqa: E402
 from engine.app.service import engine_role, ingest_role, up_engine_threads  # noqa: E402
@@ -78,24 +86,31 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+DROP_PREFIX = "frames_dropped_"  # the health's per-reason drop counters, whichever reasons it has
+
+
 def sample(client, keys: Keys, cameras: list[str]) -> dict:
     produced = decoded = dropped = 0
+    reasons: dict[str, int] = {}
     for cam in cameras:
         h = {k.decode(): v.decode() for k, v in client.hgetall(keys.health(cam)).items()}
         produced += int(h.get("windows", 0))
         decoded += int(h.get("frames_decoded", 0))
         dropped += int(h.get("frames_dropped", 0))
+        for k, v in h.items():
+            if k.startswith(DROP_PREFIX):
+                reasons[k.removeprefix(DROP_PREFIX)] = reasons.get(k.removeprefix(DROP_PREFIX), 0) + int(v)
     beats = [json.loads(client.get(k)) for k in client.scan_iter(match=keys.heartbeat("engine", "*")) if client.get(k)]
     b = beats[0] if beats else {}
     handled = sum(int(b.get(k, 0)) for k in ("processed", "frames_gone", "superseded", "stale"))
-    return {"t": time.monotonic(), "produced": produced, "decoded": decoded, "dropped": dropped, "processed": int(b.get("processed", 0)),
+    return {"t": time.monotonic(), "produced": produced, "decoded": decoded, "dropped": dropped, "reasons": reasons,
+            "processed": int(b.get("processed", 0)),
             "skipped_admission": int(b.get("superseded", 0)) + int(b.get("stale", 0)), "skipped_missing": int(b.get("frames_gone", 0)),
             "handled": handled, "backlog": produced - handled, "buckets": b.get("latency_buckets"),
             "max_s": float(b.get("latency_max_30s", 0.0)), "batches": int(b.get("batches", 0))}
 
 
-def run(args, cameras: int, queries: int) -> dict:
-    clip = demo_clip(args.resolution)
+def run(args, clip_path: Path, cameras: int, queries: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-headline-"))
     server = EmbeddedRedis.start(tmp / "redis", appendonly=False)
     roles = Supervisor()
@@ -105,7 +120,7 @@ def run(args, cameras: int, queries: int) -> dict:
         cfg = ServiceConfig(data_dir=str(Path(args.data_dir)), redis=RedisSettings(url=server.url), windows=WINDOWS,
                             ingest=IngestSettings(decoder_threads=args.decoder_threads), engine=engine)
         keys = cfg.redis.keys()
-        cams = [CameraSettings(id=f"cam{k}", url=f"file://{clip}", loop=True, realtime=True) for k in range(cameras)]
+        cams = [CameraSettings(id=f"cam{k}", url=f"file://{clip_path}", loop=True, realtime=True) for k in range(cameras)]
         reg = QueryRegistry(client, keys)
         for k in range(queries):
             reg.add(validate_query({"id": f"q{k}", "text": QUERIES[k % len(QUERIES)], "cooldown_s": 2.0}))
@@ -147,6 +162,7 @@ def run(args, cameras: int, queries: int) -> dict:
         "p50": quantile(0.5, lat) if lat else math.nan, "p95": quantile(0.95, lat) if lat else math.nan,
         "max": max(s["max_s"] for s in samples[6:]) if len(samples) > 6 else math.nan,  # 30 s back: steady state only
         "decoded": decoded, "dropped": z["dropped"] - a["dropped"],
+        "dropped_by_reason": {k: v - a["reasons"].get(k, 0) for k, v in sorted(z["reasons"].items())},
         "windows_per_batch": (z["processed"] - a["processed"]) / max(1, z["batches"] - a["batches"]),
         "cpu": {n: (cpu1[1][n] - cpu0[1][n]) / (cpu1[0] - cpu0[0]) for n in cpu1[1]},
     }
@@ -158,13 +174,17 @@ def run(args, cameras: int, queries: int) -> dict:
 
 def report(r: dict) -> None:
     total = r["decoded"] + r["dropped"]
-    print(f"{r['cameras']} x {r['resolution']}25 cameras x {r['queries']} queries, steady state {r['seconds']:.0f} s")
+    print(f"{r['cameras']} x {r['resolution']}25 cameras ({r['content']}) x {r['queries']} queries, "
+          f"steady state {r['seconds']:.0f} s")
+    print(f"  {limit_line(r['decode_only_fps'], r['cameras'])}")
     print(f"  windows produced {r['produced_per_s']:.2f}/s, processed {r['processed_per_s']:.2f}/s "
           f"({r['windows_per_batch']:.1f} per batch), skipped {r['skipped']} of {r['produced']}")
     print(f"  backlog (windows produced - handled) at start {r['backlog_start']}, at end {r['backlog_end']}")
     print(f"  capture-to-event latency p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, max {r['max']:.2f} s "
           f"(bound: p95 <= {WINDOWS.stride_seconds + 1:.0f} s)")
-    print(f"  frames decoded {r['decoded']}, dropped {r['dropped']} ({100 * r['dropped'] / max(1, total):.2f}%)")
+    reasons = ", ".join(f"{k} {v}" for k, v in r["dropped_by_reason"].items())
+    print(f"  frames decoded {r['decoded']}, dropped {r['dropped']} ({100 * r['dropped'] / max(1, total):.2f}%"
+          + (f"; {reasons})" if reasons else ")"))
     print("  CPU (cores): " + ", ".join(f"{n} {v:.2f}" for n, v in r["cpu"].items()))
     print(f"  bound holds: {'yes' if r['holds'] else 'NO'}")
 
@@ -176,6 +196,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=600.0, help="steady state measured, after --warmup")
     ap.add_argument("--warmup", type=float, default=30.0)
     ap.add_argument("--resolution", default="720p", choices=["480p", "720p", "1080p"])
+    ap.add_argument("--content", default="demo", choices=CONTENTS, help="what the cameras show (bench/clips.py)")
+    ap.add_argument("--bframes", type=int, default=0, help="B-frames of the noisy and real clips (0: none, as most cameras)")
     ap.add_argument("--sweep", default=None, help="camera counts, e.g. 6,8,10,12: the most that hold the bound")
     ap.add_argument("--topology", default="processes", choices=["processes", "threads"])
     ap.add_argument("--engine-threads", type=int, default=0, help="0: as `up` chooses")
@@ -187,9 +209,16 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="append each result as a JSON line to this file")
     args = ap.parse_args()
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.cameras]
+    path = clip(args.content, args.resolution, bframes=args.bframes)
+    info = describe(path)
+    limit = decode_limit(path)  # before any camera starts: the content's limit on a quiet machine
+    print(f"content {args.content}: {info.summary()}")
+    print(limit_line(limit, max(counts)))
     results = []
     for n in counts:
-        r = run(args, n, args.queries)
+        r = run(args, path, n, args.queries)
+        r.update(content=args.content, clip=info.summary(), mbps=info.mbps, decode_only_fps=limit,
+                 decode_cores_per_camera=25 / limit)
         report(r)
         results.append(r)
         if args.json:
@@ -198,7 +227,7 @@ def main() -> None:
         sys.stdout.flush()
     if args.sweep:
         ok = [r["cameras"] for r in results if r["holds"]]
-        print(f"sweep ({args.resolution}, {args.queries} queries, {args.seconds:.0f} s each): "
+        print(f"sweep ({args.resolution}, {args.content}, {args.queries} queries, {args.seconds:.0f} s each): "
               + ", ".join(f"{r['cameras']}: p95 {r['p95']:.2f} s, backlog {r['backlog_start']}->{r['backlog_end']}, "
                           f"skipped {r['skipped']}, drops {r['dropped']} {'ok' if r['holds'] else 'NO'}" for r in results))
         print(f"most cameras at the bound: {max(ok) if ok else 'none of those tried'}")

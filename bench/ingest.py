@@ -1,25 +1,26 @@
 """PyAV decode-only throughput (the limit) vs the full ingest path, side by side in one run; cameras per core;
-threads vs processes for several cameras. The clip is the demo scene at 720p25 (bench/clips.py: per-frame
-sensor noise, no B-frames, GOP 2 s).
+threads vs processes for several cameras. The clip is `--content` at `--resolution` 25 fps (bench/clips.py: `demo`,
+the flat-colour demo scene; `noisy` and `real`, camera-like content at a camera's bitrate).
 
-    .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3] [--resolution 720p]
-    .venv/bin/python bench/ingest.py --overload [--clip PATH]   # a camera behind real time: key frames only
+    .venv/bin/python bench/ingest.py [--seconds 20] [--repeats 3] [--resolution 720p] [--content demo|noisy|real]
+    .venv/bin/python bench/ingest.py --overload [--content noisy] [--clip PATH]   # a camera behind real time: key frames only
 
-Limit = decode only, nothing converted. Full path = decode, timestamp, sample at 2 fps, convert + resize the kept
-frames to 64 px (one scaler call), PNG-encode, store in Redis (embedded); with previews (on by default)
-also a 640 px JPEG of each kept frame (scaled from the decoder's YUV too); both are reported.
+Limit = decode only, nothing converted, decoded as the ingest decodes (bench/decode.py). Full path = decode,
+timestamp, sample at 2 fps, convert + resize the kept frames to 64 px (one scaler call), PNG-encode, store in Redis
+(embedded); with previews (on by default) also a 640 px JPEG of each kept frame (scaled from the decoder's YUV too);
+both are reported. Rates are frames of video per second (a skipped B-frame counts).
 """
 from __future__ import annotations
 
 import argparse
+
+import av
 import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -28,33 +29,22 @@ from stream.ingest import IngestService  # noqa: E402
 from stream.keys import Keys  # noqa: E402
 from stream.redis_server import EmbeddedRedis, connect  # noqa: E402
 from stream.sources import PyAVSource, SourceEnded  # noqa: E402
-from bench.clips import demo_clip  # noqa: E402
+from bench.clips import CONTENTS, clip, describe  # noqa: E402
+from bench.decode import decode_only  # noqa: E402
 
 
-def decode_only(path: Path, threads: int, rgb: bool = False) -> float:
-    t0 = time.perf_counter()
-    n = 0
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        if threads:
-            s.thread_type, s.thread_count = "SLICE", threads
-        for f in c.decode(s):
-            if rgb:
-                f.to_ndarray(format="rgb24")  # a full-frame RGB conversion: what a path that converts every decoded frame pays
-            n += 1
-    return n / (time.perf_counter() - t0)
-
-
-def full_path(path: Path, url: str, prefix: str, cameras: int = 1, preview_size: int = 640) -> float:
+def full_path(path: Path, url: str, prefix: str, frames: int, cameras: int = 1, preview_size: int = 640) -> float:
+    """Frames of video per second through the ingest, each camera playing the clip (`frames` long) once."""
     client = connect(url)
     cams = [CameraSettings(id=f"c{k}", url=f"file://{path}", realtime=False) for k in range(cameras)]
-    svc = IngestService(client, Keys(prefix), cams, WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2,
-                                                                   preview_size=preview_size))
+    windows = WindowSettings(sample_fps=2, window_seconds=8, stride_seconds=2, input_size=64, preview_size=preview_size)
+    svc = IngestService(client, Keys(prefix), cams, windows)
     t0 = time.perf_counter()
     svc.run(install_signals=False)
     dt = time.perf_counter() - t0
-    frames = sum(int(client.hget(Keys(prefix).health(c.id), "frames_decoded")) for c in cams)
-    return frames / dt
+    if not all(int(client.hget(Keys(prefix).health(c.id), "frames_decoded") or 0) for c in cams):
+        raise RuntimeError(f"a camera decoded nothing from {path}")
+    return frames * cameras / dt
 
 
 def decode_cost(path: Path, keyframes_only: bool) -> tuple[float, float, float]:
@@ -93,15 +83,15 @@ def overload(path: Path, repeats: int) -> None:
           f"CPU {med(r[1] for r in key) / med(r[1] for r in full):.3f}")
 
 
-def _proc(path, url, prefix, q):
-    q.put(full_path(Path(path), url, prefix))
+def _proc(path, url, prefix, frames, q):
+    q.put(full_path(Path(path), url, prefix, frames))
 
 
-def processes(path: Path, url: str, prefix: str, cameras: int) -> float:
+def processes(path: Path, url: str, prefix: str, frames: int, cameras: int) -> float:
     """Aggregate frames/s of `cameras` ingest processes, one camera each."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    ps = [ctx.Process(target=_proc, args=(str(path), url, f"{prefix}{k}:", q)) for k in range(cameras)]
+    ps = [ctx.Process(target=_proc, args=(str(path), url, f"{prefix}{k}:", frames, q)) for k in range(cameras)]
     for p in ps:
         p.start()
     per = [q.get() for _ in ps]
@@ -115,35 +105,40 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--resolution", default="720p")
+    ap.add_argument("--content", default="demo", choices=CONTENTS)
+    ap.add_argument("--bframes", type=int, default=0, help="B-frames of the noisy and real clips (0: none, as most cameras)")
     ap.add_argument("--overload", action="store_true", help="only: decoding cost, every frame vs key frames only")
-    ap.add_argument("--clip", type=Path, help="with --overload: this clip instead of the demo scene")
+    ap.add_argument("--clip", type=Path, help="with --overload: this clip instead of --content's")
     args = ap.parse_args()
     if args.overload:
-        overload(args.clip or demo_clip(args.resolution, seconds=args.seconds), args.repeats)
+        overload(args.clip or clip(args.content, args.resolution, seconds=args.seconds, bframes=args.bframes), args.repeats)
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    path = demo_clip(args.resolution, seconds=args.seconds)
+    path = clip(args.content, args.resolution, seconds=args.seconds, bframes=args.bframes)
+    info = describe(path)
     server = EmbeddedRedis.start(tmp / "redis", appendonly=False)
     try:
         raw, rgb, full, bare, raw1 = [], [], [], [], []
         for r in range(args.repeats):  # interleaved, so all see the same machine load
             raw.append(decode_only(path, 0))
             rgb.append(decode_only(path, 0, rgb=True))
-            full.append(full_path(path, server.url, f"b{r}:"))
-            bare.append(full_path(path, server.url, f"n{r}:", preview_size=0))
+            full.append(full_path(path, server.url, f"b{r}:", info.frames))
+            bare.append(full_path(path, server.url, f"n{r}:", info.frames, preview_size=0))
             raw1.append(decode_only(path, 1))
         med = statistics.median
-        print(f"{args.resolution}25 H.264 demo scene ({path.stat().st_size * 8 / args.seconds / 1e6:.1f} Mbit/s), "
-              f"{args.seconds:.0f} s ({int(args.seconds * 25)} frames), median of {args.repeats} interleaved runs")
+        print(f"{args.resolution}25 H.264, content {args.content}: {info.summary()}; {info.frames} frames, "
+              f"median of {args.repeats} interleaved runs")
         print(f"{'path':<44} | {'frames/s':>9} | {'ratio':>6}")
         print(f"{'PyAV decode only (the limit)':<44} | {med(raw):>9.1f} | {1.0:>6.2f}")
         print(f"{'decode + RGB of every frame (old path)':<44} | {med(rgb):>9.1f} | {med(rgb) / med(raw):>6.2f}")
         print(f"{'full ingest path, with 640 px previews':<44} | {med(full):>9.1f} | {med(full) / med(raw):>6.2f}")
         print(f"{'full ingest path, previews off':<44} | {med(bare):>9.1f} | {med(bare) / med(raw):>6.2f}")
         print(f"{'decode only, 1 decoder thread':<44} | {med(raw1):>9.1f} |")
-        print(f"real-time 720p25 cameras per core (1 decoder thread, full path ~ decode): {med(raw1) * med(full) / med(raw) / 25:.1f}")
-        th = full_path(path, server.url, "t:", cameras=2)
-        pr = processes(path, server.url, "p", 2)
+        print(f"decode-only cores per {args.resolution}25 camera (1 decoder thread): {25 / med(raw1):.3f}")
+        print(f"real-time {args.resolution}25 cameras per core (1 decoder thread, full path ~ decode): "
+              f"{med(raw1) * med(full) / med(raw) / 25:.1f}")
+        th = full_path(path, server.url, "t:", info.frames, cameras=2)
+        pr = processes(path, server.url, "p", info.frames, 2)
         print(f"2 cameras, aggregate frames/s: threads {th:.1f}, processes {pr:.1f} (ratio threads/processes {th / pr:.2f})")
     finally:
         server.stop()

@@ -2,9 +2,11 @@
 medians), times how often it runs per second of video, as core-milliseconds per second (1000 = one core).
 
     .venv/bin/python bench/where_time_goes.py [--cameras 8] [--queries 4] [--resolution 720p] [--repeats 5]
+                                              [--content demo|noisy|real]
 
-Ingest steps run per decoded frame (25/s per camera) or per sampled frame (2/s per camera); engine steps per
-window (one per stride per camera) on a window of 16 frames, 4 of them new (8 s window, 2 s stride, 2 fps).
+Ingest steps run per decoded frame (25/s per camera; decoded as the ingest does, bench/decode.py) or per sampled
+frame (2/s per camera); engine steps per window (one per stride per camera) on a window of 16 frames, 4 of them new
+(8 s window, 2 s stride, 2 fps).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.clips import demo_clip  # noqa: E402
+from bench.clips import CONTENTS, clip, describe  # noqa: E402
+from bench.decode import decode_only  # noqa: E402
 from engine.serving.event_store import EventStore  # noqa: E402
 from engine.serving.grounder import WindowGrounder  # noqa: E402
 from engine.model.checkpoint import load_model  # noqa: E402
@@ -62,22 +65,6 @@ def decoded_frames(path: Path, n: int, threads: int = 1) -> list:
     return out
 
 
-def decode_rate(path: Path, frames: int, threads: int = 1, **codec) -> float:
-    """Seconds per decoded frame (decode only, nothing converted)."""
-    t0 = time.perf_counter()
-    k = 0
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        s.thread_type, s.thread_count = "SLICE", threads
-        for key, value in codec.items():
-            setattr(s.codec_context, key, value)
-        for _ in c.decode(s):
-            k += 1
-            if k >= frames:
-                break
-    return (time.perf_counter() - t0) / k
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cameras", type=int, default=8)
@@ -85,17 +72,19 @@ def main() -> None:
     ap.add_argument("--resolution", default="720p")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--content", default="demo", choices=CONTENTS)
+    ap.add_argument("--bframes", type=int, default=0, help="B-frames of the noisy and real clips")
     args = ap.parse_args()
     torch.set_num_threads(1)
     fps, sample_fps, stride_s, size = 25, 2, 2.0, 64
     decoded_per_s = args.cameras * fps
     sampled_per_s = args.cameras * sample_fps
     windows_per_s = args.cameras / stride_s
-    path = demo_clip(args.resolution)
+    path = clip(args.content, args.resolution, bframes=args.bframes)
     rows: list[tuple[str, float, float]] = []  # (step, ms per call, calls per second)
 
     # ---- ingest ----
-    dec = statistics.median(decode_rate(path, 250) for _ in range(args.repeats))
+    dec = 1 / statistics.median(decode_only(path, 1, max_frames=250) for _ in range(args.repeats))
     rows.append(("H.264 decode (1 thread)", dec * 1000, decoded_per_s))
     frames = decoded_frames(path, 50)
     f0 = frames[10]
@@ -176,6 +165,7 @@ def main() -> None:
 
     print(f"{args.cameras} x {args.resolution}{fps} cameras x {args.queries} queries; one thread per step, medians of {args.repeats}; "
           f"backend {args.backend}")
+    print(f"content {args.content}: {describe(path).summary()}")
     print(f"{'step':<58} | {'ms/call':>8} | {'calls/s':>7} | {'core-ms/s':>9}")
     total_before = total_after = 0.0
     for name, ms, per_s in rows:
